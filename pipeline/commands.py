@@ -1,0 +1,51 @@
+"""The recipe-level commands: run, plan, status."""
+from __future__ import annotations
+
+from pipeline.recipe import load_recipe
+from pipeline.runner import Runner, status_rows
+
+
+def _stages(arg: str | None) -> list[str] | None:
+    return [s.strip() for s in arg.split(",") if s.strip()] if arg else None
+
+
+def _runner(args) -> Runner:
+    recipe = load_recipe(args.recipe, args.overrides)
+    return Runner(recipe, args.recipe, debug=getattr(args, "debug", False))
+
+
+def run_cmd(args) -> int:
+    runner = _runner(args)
+    for stage in args.force:
+        runner.closure([stage])  # validates the name
+    runner.run(_stages(args.stages), force=tuple(args.force))
+    return 0
+
+
+def plan_cmd(args) -> int:
+    runner = _runner(args)
+    items = runner.plan(_stages(args.stages))
+    width = max(len(i.spec.name) for i in items)
+    for item in items:
+        print(f"{item.spec.name:<{width}}  {item.action:<13}  {item.reason}")
+        for role, info in item.inputs.items():
+            print(f"{'':<{width}}    input {role}: {info['path']}")
+        print(f"{'':<{width}}    launch: {item.command}")
+    return 0
+
+
+def _key_metrics(metrics: dict, limit: int = 3) -> str:
+    preferred = [k for k in metrics if k.startswith(("eval/", "final/"))] or list(metrics)
+    return ", ".join(f"{k.split('/', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in ((k, metrics[k]) for k in preferred[:limit]))
+
+
+def status_cmd(args) -> int:
+    rows = status_rows(_runner(args))
+    header = f"{'stage':<10} {'state':<8} {'wall':>8}  {'key metrics':<60} path"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        wall = f"{row['wall_time_s']:.0f}s" if row["wall_time_s"] is not None else "-"
+        print(f"{row['stage']:<10} {row['state']:<8} {wall:>8}  {_key_metrics(row['metrics']):<60} {row['path']}")
+    return 0

@@ -1,0 +1,196 @@
+"""The recipe schema: one pydantic model per section, every field typed and documented once.
+
+extra="forbid" everywhere, so a mistyped key is an error (pipeline/recipe.py turns it into one line
+with the key path and a close-match suggestion). Numbers such as `1e-4` (a string to YAML) are
+coerced to float by pydantic's lax mode.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+
+# ---------------------------------------------------------------- run-level groups
+class Tracking(Section):
+    wandb: bool = True                      # log to W&B; offline (runs/<name>/wandb) when no API key
+    project: str = "llm-lifecycle"          # W&B project
+    entity: Optional[str] = None            # W&B team/user; None = your default entity
+
+
+class Distributed(Section):
+    engine: Literal["none", "ddp", "fsdp", "zero2", "zero3", "zero3_offload"] = "none"  # recipes/engines/<engine>.yaml
+    num_processes: int = Field(1, ge=1)      # processes in total (GPUs across all machines)
+    num_machines: int = Field(1, ge=1)       # nodes; > 1 needs main_process_ip (or `lifecycle slurm`)
+    main_process_ip: Optional[str] = None    # rank-0 host for multi-node runs
+    main_process_port: int = 29500           # rendezvous port
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 on GPUs; "no" on CPU
+
+
+class Optim(Section):
+    lr: float = Field(3e-4, gt=0)                 # peak learning rate
+    weight_decay: float = Field(0.1, ge=0)        # AdamW decay on matrices (not norms/biases/embeddings)
+    betas: tuple[float, float] = (0.9, 0.95)      # AdamW betas
+    eps: float = 1e-8                              # AdamW epsilon
+    grad_clip: float = Field(1.0, ge=0)            # max global grad norm; 0 = off
+    schedule: Literal["cosine", "wsd", "constant", "linear"] = "cosine"  # lr shape after warmup
+    warmup_steps: int = Field(0, ge=0)             # linear warmup steps
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)   # final lr = lr * min_lr_ratio
+    decay_fraction: float = Field(0.2, gt=0, le=1) # wsd: fraction of steps spent decaying
+
+
+# ---------------------------------------------------------------- data + model
+class Data(Section):
+    """Pretraining text. `source` picks the loader in stages/data/sources.py."""
+    source: Literal["embedded", "fineweb", "hub", "local"] = "embedded"
+    dataset: Optional[str] = None            # hub: dataset id (fineweb: HuggingFaceFW/fineweb-edu)
+    config_name: Optional[str] = None        # hub: dataset config (fineweb: sample-10BT)
+    split: str = "train"                     # hub: split name
+    text_field: str = "text"                 # hub/local jsonl/parquet: the column holding text
+    paths: list[str] = []                    # local: files or globs (.txt, .jsonl, .parquet)
+    max_documents: Optional[int] = Field(None, ge=1)  # cap documents read (None = all)
+    max_chars: Optional[int] = Field(None, ge=1)      # cap characters read (None = all)
+    val_fraction: float = Field(0.02, gt=0, lt=0.5)   # documents held out for validation
+    shard_tokens: int = Field(10_000_000, ge=1000)    # tokens per memmap shard
+    num_workers: int = Field(0, ge=0)                  # tokenizing processes; 0 = all cores
+
+
+class Model(Section):
+    """Size dial for a model built from scratch (pretrain)."""
+    arch: Literal["llama", "gpt2"] = "llama"  # HF architecture
+    n_layer: int = Field(4, ge=1)             # transformer blocks
+    n_embd: int = Field(128, ge=8)            # hidden width
+    n_head: int = Field(4, ge=1)              # attention heads
+    n_kv_head: Optional[int] = None           # llama GQA heads; None = n_head
+    mlp_ratio: float = Field(4.0, gt=0)       # MLP width / hidden width
+    seq_len: int = Field(256, ge=8)           # context length (tokens)
+    tie_embeddings: bool = True               # share input/output embeddings
+    dropout: float = Field(0.0, ge=0, lt=1)   # gpt2 only
+
+
+# ---------------------------------------------------------------- stages
+class TokenizerStage(Section):
+    from_: Optional[str] = Field(None, alias="from")  # reuse a tokenizer dir / hub id instead of training
+    vocab_size: int = Field(2048, ge=300)     # total vocab: 256 bytes + merges + special tokens
+    max_train_chars: int = Field(50_000_000, ge=1000)  # text fed to BPE training
+    individual_digits: bool = True            # every digit its own token (helps arithmetic)
+    eval_chars: int = Field(200_000, ge=1000)  # held-out text for the bytes-per-token report
+
+
+class PretrainStage(Section):
+    distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
+    from_: Optional[str] = Field(None, alias="from")  # continue pretraining an HF model dir / hub id
+    max_steps: int = Field(200, ge=1)          # optimizer steps
+    micro_batch_size: int = Field(8, ge=1)     # sequences per forward/backward per process
+    total_batch_tokens: Optional[int] = None   # tokens per optimizer step; None = one micro-batch per process
+    optim: Optim = Optim(lr=3e-3, warmup_steps=20)
+    eval_every: int = Field(50, ge=1)          # steps between val-loss / bits-per-byte evals
+    eval_tokens: int = Field(65_536, ge=1)     # val tokens per eval
+    sample_every: int = Field(100, ge=1)       # steps between logged samples
+    checkpoint_every: int = Field(100, ge=1)   # steps between resumable checkpoints
+    keep_checkpoints: bool = False             # keep checkpoints/ in the final dir (else deleted)
+    compile: bool = False                      # torch.compile the model (GPU)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+
+
+class SFTStage(Section):
+    distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
+    from_: Optional[str] = Field(None, alias="from")  # start from an HF model dir / hub id, not pretrain
+    datasets: list[str] = ["builtin"]          # "builtin", a hub id, or a local .jsonl/.parquet path
+    builtin_train_per_family: int = Field(2000, ge=1)  # built-in generator: train conversations per family
+    builtin_test_per_family: int = Field(50, ge=1)     # built-in generator: held-out prompts per family
+    families: list[str] = []                   # built-in task families; [] = all
+    system_prompt: Optional[str] = None        # default system prompt; None = the built-in identity prompt
+    max_length: int = Field(256, ge=16)        # tokens per conversation; longer ones are skipped (counted)
+    max_steps: int = Field(400, ge=1)          # optimizer steps
+    micro_batch_size: int = Field(16, ge=1)    # conversations per forward/backward
+    grad_accum: int = Field(1, ge=1)           # micro-batches per optimizer step
+    packing: bool = False                      # pack conversations into max_length rows
+    optim: Optim = Optim(lr=1e-3, warmup_steps=20, weight_decay=0.0)
+    lora: bool = False                         # train LoRA adapters (peft), merged at the end
+    lora_r: int = Field(16, ge=1)              # LoRA rank
+    lora_alpha: int = Field(32, ge=1)          # LoRA scale numerator
+    eval_max_new_tokens: int = Field(128, ge=1)  # generation budget for the held-out eval
+
+
+class RMStage(Section):
+    distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
+    from_: Optional[str] = Field(None, alias="from")  # init from an HF model dir / hub id, not sft
+    num_prompts: int = Field(200, ge=1)        # prompts to roll out
+    k: int = Field(5, ge=2)                    # completions per prompt (ranked best to worst)
+    temperature: float = Field(1.0, gt=0)      # rollout sampling temperature
+    top_p: float = Field(1.0, gt=0, le=1)      # rollout nucleus sampling
+    max_new_tokens: int = Field(96, ge=1)      # rollout length
+    rankers: list[str] = ["verifier"]          # mix of: verifier, judge, human (from rankings.jsonl)
+    judge_model: Optional[str] = None          # judge ranker: HF chat model dir / hub id
+    rankings_file: Optional[str] = None        # human ranker: JSONL written by `lifecycle rank`
+    pairs_datasets: list[str] = []             # extra chosen/rejected datasets (hub id or local), as K=2
+    epochs: int = Field(2, ge=1)               # passes over the ranked prompts
+    prompts_per_batch: int = Field(4, ge=1)    # prompts (each with K completions) per optimizer step
+    optim: Optim = Optim(lr=1e-4, warmup_steps=10, weight_decay=0.0)
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # prompts held out for pairwise/top-1 accuracy
+
+
+class RLStage(Section):
+    distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
+    from_: Optional[str] = Field(None, alias="from")  # policy: an HF model dir / hub id, not sft
+    algorithm: Literal["grpo", "ppo"] = "grpo"  # grpo: verifiable rewards; ppo: against the RM
+    rewards: dict[str, float] = {"verifier": 1.0}  # reward parts and weights: verifier, format, rm, module:function
+    families: list[str] = []                   # built-in task families to train on; [] = all
+    max_steps: int = Field(100, ge=1)          # optimizer steps
+    prompts_per_step: int = Field(8, ge=1)     # prompts per step
+    num_generations: int = Field(8, ge=1)      # G: samples per prompt (GRPO group size)
+    temperature: float = Field(1.0, gt=0)      # sampling temperature
+    top_p: float = Field(1.0, gt=0, le=1)      # nucleus sampling
+    max_new_tokens: int = Field(96, ge=1)      # completion budget
+    optim: Optim = Optim(lr=1e-4, weight_decay=0.0, grad_clip=1.0, schedule="constant")
+    beta: float = Field(0.0, ge=0)             # KL coefficient to the reference policy
+    clip_eps: float = Field(0.2, gt=0)         # PPO/GRPO ratio clip
+    scale_rewards: bool = True                 # GRPO: divide advantages by group std (False = Dr. GRPO)
+    loss_type: Literal["token", "sequence"] = "token"  # normalise loss per token (DAPO) or per sequence
+    ppo_epochs: int = Field(2, ge=1)           # optimisation passes per rollout batch
+    gamma: float = Field(1.0, ge=0, le=1)      # PPO discount
+    lam: float = Field(0.95, ge=0, le=1)       # PPO GAE lambda
+    vf_coef: float = Field(0.1, ge=0)          # PPO value-loss weight
+    cliprange_value: float = Field(0.2, gt=0)  # PPO value clip
+    adaptive_kl_target: Optional[float] = None # PPO adaptive-KL target (None = fixed beta)
+    ptx_coef: float = Field(0.0, ge=0)         # PPO pretraining-mix loss weight
+    monitor_window: int = Field(10, ge=2)      # reward-hacking monitor window (steps)
+    stop_on_hacking: bool = False              # stop when proxy reward rises while gold falls
+    readiness_min_signal: float = Field(0.1, ge=0, le=1)  # min share of groups with reward variance
+    control: bool = True                       # also train the equal-compute SFT control
+    eval_samples: int = Field(4, ge=1)         # k for pass@k in the held-out eval
+
+
+class EvalSection(Section):
+    max_prompts_per_family: int = Field(50, ge=1)  # held-out prompts per built-in family
+    max_new_tokens: int = Field(128, ge=1)          # generation budget
+    benchmarks: list[str] = []                      # gsm8k, arc_easy, arc_challenge, hellaswag, mmlu
+    benchmark_limit: int = Field(200, ge=1)         # questions per benchmark
+    benchmark_files: dict[str, str] = {}            # benchmark -> local jsonl/parquet (offline)
+    samples: int = Field(3, ge=0)                   # base-model samples logged per eval
+
+
+class Recipe(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$")  # run name: runs/<name>/, W&B group
+    seed: int = 1337                          # global seed
+    output_dir: str = "runs"                  # where runs/<name>/ lives (relative to the cwd)
+    extends: Optional[str] = None             # parent recipe (relative path); this file overrides it
+    tracking: Tracking = Tracking()
+    distributed: Distributed = Distributed()
+    data: Data = Data()
+    model: Model = Model()
+    tokenizer: TokenizerStage = TokenizerStage()
+    pretrain: PretrainStage = PretrainStage()
+    sft: SFTStage = SFTStage()
+    rm: RMStage = RMStage()
+    rl: RLStage = RLStage()
+    eval: EvalSection = EvalSection()
+
+    def distributed_for(self, stage: str) -> Distributed:
+        own = getattr(getattr(self, stage, None), "distributed", None)
+        return own or self.distributed

@@ -1,0 +1,1 @@
+"""Scoring completions at RL and eval time: verifiers, the trained RM, weighted mixes, rankers."""
