@@ -136,7 +136,9 @@ def _expected(kind: str, err: dict) -> str:
     bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}",
               "less_than_equal": "<= {le}"}
     if kind in bounds:
-        return "a value " + bounds[kind].format(**ctx)
+        return "a value " + bounds[kind].format(**{k: f"{v:g}" for k, v in ctx.items()})
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "a mapping"
     if kind == "string_pattern_mismatch":
         return f"a string matching {ctx.get('pattern')}"
     for word, text in _TYPE_WORDS.items():

@@ -1,0 +1,144 @@
+"""The runner: order, make-style skipping, downstream invalidation, atomic artifacts, the launch seam."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import StageFailed, UserError
+from pipeline.recipe import load_recipe
+from pipeline.runner import STAGE_NAMES, Runner, StageSpec, status_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE = (
+    StageSpec("tokenizer", "tests.fake_stages:first", ("seed", "tokenizer"), lambda r: {}),
+    StageSpec("pretrain", "tests.fake_stages:second", ("pretrain",), lambda r: {"tokenizer": "tokenizer"}),
+    StageSpec("sft", "tests.fake_stages:third", ("sft",), lambda r: {"model": "pretrain"}),
+)
+
+
+def make_runner(tmp_path, *overrides, stages=FAKE):
+    path = tmp_path / "r.yaml"
+    if not path.exists():
+        path.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\ntracking: {{wandb: false}}\n")
+    return Runner(load_recipe(path, list(overrides)), path, stages=stages)
+
+
+def actions(runner, *requested, force=()):
+    return {i.spec.name: i.action for i in runner.plan(list(requested) or None, force)}
+
+
+def test_real_pipeline_order_and_plan():
+    assert STAGE_NAMES == ("tokenizer", "pretrain", "sft", "rm", "rl")
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    items = Runner(recipe, ROOT / "recipes/tiny.yaml").plan()
+    assert [i.spec.name for i in items] == list(STAGE_NAMES)
+
+
+def test_ppo_needs_the_reward_model_grpo_does_not(tmp_path):
+    grpo = make_runner(tmp_path, "rl.algorithm=grpo", stages=__import__("pipeline.runner").runner.STAGES)
+    ppo = make_runner(tmp_path, "rl.algorithm=ppo", stages=__import__("pipeline.runner").runner.STAGES)
+    assert "rm" not in grpo.closure(["rl"])
+    assert ppo.closure(["rl"]) == ["tokenizer", "pretrain", "sft", "rm", "rl"]
+
+
+def test_run_then_skip_then_downstream_invalidation(tmp_path):
+    runner = make_runner(tmp_path)
+    runner.run()
+    run_dir = tmp_path / "runs" / "t"
+    for name in ("tokenizer", "pretrain", "sft"):
+        manifest = json.loads((run_dir / name / "manifest.json").read_text())
+        assert manifest["stage"] == name and manifest["metrics"]["eval/value"] == 1.0
+        assert (run_dir / name / "config.yaml").is_file() and (run_dir / name / "metrics.jsonl").is_file()
+        assert not (run_dir / f"{name}.tmp").exists()
+    sft = json.loads((run_dir / "sft" / "manifest.json").read_text())
+    pre = json.loads((run_dir / "pretrain" / "manifest.json").read_text())
+    assert sft["inputs"]["model"]["fingerprint"] == pre["fingerprint"]
+    assert sft["inputs"]["model"]["run_id"] == pre["run_id"]
+    assert {"versions", "git_commit", "wall_time_s", "config", "wandb", "code_version"} <= set(sft)
+
+    assert set(actions(make_runner(tmp_path)).values()) == {"skip"}
+    # a changed pretrain config reruns pretrain and everything downstream, not upstream
+    changed = make_runner(tmp_path, "pretrain.max_steps=7")
+    assert actions(changed) == {"tokenizer": "skip", "pretrain": "run", "sft": "run"}
+    changed.run()
+    assert set(actions(make_runner(tmp_path, "pretrain.max_steps=7")).values()) == {"skip"}
+    # a changed sft config reruns only sft
+    assert actions(make_runner(tmp_path, "pretrain.max_steps=7", "sft.max_steps=3")) == {
+        "tokenizer": "skip", "pretrain": "skip", "sft": "run"}
+
+
+def test_force_reruns_the_stage_and_makes_downstream_stale(tmp_path):
+    runner = make_runner(tmp_path)
+    runner.run()
+    runner.run(["pretrain"], force=("pretrain",))
+    # sft consumed the old pretrain artifact: it is stale now even though no config changed
+    assert actions(make_runner(tmp_path)) == {"tokenizer": "skip", "pretrain": "skip", "sft": "run"}
+
+
+def test_requesting_a_stage_runs_what_it_needs_first(tmp_path):
+    runner = make_runner(tmp_path)
+    runner.run(["sft"])
+    assert all((tmp_path / "runs/t" / n / "manifest.json").is_file() for n in ("tokenizer", "pretrain", "sft"))
+
+
+def test_crash_leaves_no_finished_artifact_and_rerun_succeeds(tmp_path, monkeypatch):
+    runner = make_runner(tmp_path)
+    monkeypatch.setenv("FAKE_CRASH", "second")
+    with pytest.raises(StageFailed) as info:
+        runner.run()
+    assert info.value.stage == "pretrain" and info.value.log_path.endswith("pretrain.tmp/log.txt")
+    assert "boom in the middle" in Path(info.value.log_path).read_text()
+    run_dir = tmp_path / "runs/t"
+    assert not (run_dir / "pretrain").exists()
+    assert (run_dir / "pretrain.tmp" / "partial.bin").exists()
+    assert not (run_dir / "pretrain.tmp" / "manifest.json").exists()
+    assert [r["state"] for r in status_rows(make_runner(tmp_path))] == ["done", "partial", "pending"]
+    monkeypatch.delenv("FAKE_CRASH")
+    make_runner(tmp_path).run()
+    assert (run_dir / "pretrain" / "manifest.json").is_file() and (run_dir / "sft" / "manifest.json").is_file()
+
+
+def test_finished_tmp_dir_is_promoted_not_lost(tmp_path):
+    runner = make_runner(tmp_path)
+    runner.run()
+    run_dir = tmp_path / "runs/t"
+    (run_dir / "sft").rename(run_dir / "sft.tmp")  # as if killed between manifest and rename
+    make_runner(tmp_path).run()
+    assert (run_dir / "sft" / "manifest.json").is_file() and not (run_dir / "sft.tmp").exists()
+
+
+def test_missing_external_model_is_a_user_error(tmp_path):
+    runner = make_runner(tmp_path, "sft.from=./no/such/model", stages=__import__("pipeline.runner").runner.STAGES)
+    with pytest.raises(UserError, match=r"sft.from: './no/such/model' does not exist"):
+        runner.run(["sft"])
+
+
+def test_unwritable_output_dir_is_a_user_error(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    runner = make_runner(tmp_path, f"output_dir={tmp_path / 'afile' / 'runs'}")
+    with pytest.raises(UserError, match="output_dir"):
+        runner.run()
+
+
+def test_cli_crash_exits_1_naming_stage_and_log(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\ntracking: {{wandb: false}}\n"
+                      "tokenizer: {from: ./not/there/at/all}\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(recipe), "--stages", "tokenizer"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: stage 'tokenizer' failed:") and "tokenizer.tmp/log.txt" in last
+
+
+def test_two_process_launch_seam(tmp_path):
+    stages = (StageSpec("tokenizer", "tests.fake_stages:allreduce", ("seed",), lambda r: {}),)
+    runner = make_runner(tmp_path, "distributed.num_processes=2", "distributed.engine=ddp", stages=stages)
+    assert runner.plan()[0].command.startswith("accelerate launch --multi_gpu --num_processes 2")
+    manifest = runner.execute(runner.plan()[0])
+    assert manifest["metrics"] == {"world_size": 2.0, "sum": 3.0}
+    assert (tmp_path / "runs/t/tokenizer/manifest.json").is_file()
