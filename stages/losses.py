@@ -14,3 +14,168 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100
     shift_logits = logits[:, :-1, :].reshape(-1, logits.size(-1))  # (B*(T-1), V)
     shift_labels = labels[:, 1:].reshape(-1)                         # (B*(T-1),)
     return F.cross_entropy(shift_logits.float(), shift_labels, ignore_index=ignore_index)
+
+
+# ---------------------------------------------------------------- RL (GRPO, PPO)
+# Shapes: N = completions in the batch (= prompts * G for GRPO), T = completion tokens.
+# Every (N, T) tensor comes with a float `mask` (N, T): 1 on tokens the policy sampled, 0 on padding
+# and on calculator output inserted by the tool.
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over positions where mask is 1 (all of them, or along `dim`)."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1.0)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
+
+
+def aggregate_tokens(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "token",
+                     num_tokens: float | None = None, num_seqs: float | None = None) -> torch.Tensor:
+    """Reduce a per-token loss (N, T) to a scalar.
+
+    "token": sum over every sampled token / number of tokens (DAPO), so long answers weigh more;
+    "sequence": mean over sequences of each sequence's token mean (GRPO paper), so each answer weighs
+    the same. `num_tokens` / `num_seqs` give the normaliser of the whole batch when this is one
+    micro-batch of it (gradient accumulation then sums to the full-batch loss).
+    """
+    if loss_type == "token":
+        denom = num_tokens if num_tokens is not None else mask.sum().clamp(min=1.0)
+        return (per_token * mask).sum() / denom
+    if loss_type == "sequence":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)  # (N,)
+        denom = num_seqs if num_seqs is not None else per_token.size(0)
+        return per_seq.sum() / denom
+    raise ValueError(f"loss_type must be 'token' or 'sequence', got {loss_type!r}")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """GRPO advantages: each reward minus its group's mean, divided by the group's std when `scale`.
+
+    rewards (N,) are ordered group by group (G = group_size consecutive completions of one prompt).
+    std is the unbiased sample std (as TRL); scale=False is Dr. GRPO (mean-centred only), which does
+    not up-weight groups whose rewards barely differ. A group whose rewards are all equal gets 0.
+    """
+    grouped = rewards.float().view(-1, group_size)              # (N/G, G)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale:
+        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(centred[:, :1])
+        centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))
+    return centred.reshape(-1)                                   # (N,)
+
+
+def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
+    """Share of groups whose G rewards are all equal (they carry no GRPO gradient)."""
+    grouped = rewards.float().view(-1, group_size)              # (N/G, G)
+    return float(((grouped.max(dim=1).values - grouped.min(dim=1).values) == 0).float().mean())
+
+
+def kl_k3(per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || ref) on tokens sampled from the policy (Schulman 2020):
+    exp(ref - logp) - (ref - logp) - 1. Non-negative, unbiased, low variance."""
+    log_ratio = ref_per_token_logps - per_token_logps
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def clipped_policy_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor,
+                        advantages: torch.Tensor, clip_eps: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, per token: -min(r * A, clip(r, 1-eps, 1+eps) * A), r = pi/pi_old.
+
+    advantages are (N,) (one per sequence, GRPO) or (N, T) (per token, PPO). Returns the per-token
+    loss (N, T) and a (N, T) 0/1 tensor marking tokens where the clipped branch was taken.
+    """
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)                     # (N, 1) broadcasts over T
+    ratio = torch.exp(per_token_logps - old_per_token_logps)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    return -torch.min(unclipped, clipped), (clipped < unclipped).float()
+
+
+def ppo_policy_loss(per_token_logps, old_per_token_logps, advantages, mask, clip_eps: float = 0.2,
+                    loss_type: str = "token", **norm) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO policy loss (scalar) and stats {clipfrac, approx_kl}. `norm`: num_tokens/num_seqs."""
+    per_token, clipped = clipped_policy_loss(per_token_logps, old_per_token_logps, advantages, clip_eps)
+    loss = aggregate_tokens(per_token, mask, loss_type, **norm)
+    with torch.no_grad():
+        approx_kl = masked_mean(0.5 * (per_token_logps - old_per_token_logps) ** 2, mask)
+        stats = {"clipfrac": float(masked_mean(clipped, mask)), "approx_kl": float(approx_kl)}
+    return loss, stats
+
+
+def grpo_loss(per_token_logps, old_per_token_logps, advantages, mask, ref_per_token_logps=None,
+              beta: float = 0.0, clip_eps: float = 0.2, loss_type: str = "token",
+              **norm) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO (DeepSeekMath eq. 3): clipped surrogate with sequence advantages plus beta * k3 KL to the
+    reference, per token, reduced by `loss_type`. Returns (scalar loss, {clipfrac, kl})."""
+    per_token, clipped = clipped_policy_loss(per_token_logps, old_per_token_logps, advantages, clip_eps)
+    stats = {"clipfrac": float(masked_mean(clipped, mask))}
+    if ref_per_token_logps is not None:
+        kl = kl_k3(per_token_logps, ref_per_token_logps)
+        if beta > 0:
+            per_token = per_token + beta * kl
+        stats["kl"] = float(masked_mean(kl.detach(), mask))
+    return aggregate_tokens(per_token, mask, loss_type, **norm), stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range: float = 0.2) -> tuple[torch.Tensor, float]:
+    """PPO's clipped value loss: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, +-c) - R)^2), token mean.
+    Returns (loss, share of tokens where the clipped term was larger)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    loss_unclipped = (values - returns) ** 2
+    loss_clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(loss_unclipped, loss_clipped), mask)
+    return loss, float(masked_mean((loss_clipped > loss_unclipped).float(), mask))
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman 2016) over the masked tokens of each sequence.
+
+    rewards, values, mask (N, T). Masked positions (padding, tool output) are skipped: the next value
+    and the running advantage carry across them, so a tool result does not break the chain. The value
+    after the last sampled token is 0 (the episode ends). Returns (advantages, returns), both (N, T),
+    zero where mask is 0.
+    """
+    n, t_len = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(n, dtype=rewards.dtype, device=rewards.device)
+    running = torch.zeros_like(next_value)
+    for t in reversed(range(t_len)):
+        m = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        new_running = delta + gamma * lam * running
+        running = torch.where(m > 0, new_running, running)
+        next_value = torch.where(m > 0, values[:, t], next_value)
+        advantages[:, t] = running * m
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise x to unit variance (and zero mean if shift_mean) over masked positions; 0 elsewhere."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def ppo_token_rewards(scores: torch.Tensor, per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor,
+                      mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """InstructGPT's per-token reward: -beta * (logp - ref_logp) on every sampled token, plus the
+    sequence score (N,) on its last sampled token. Returns (rewards (N, T), per-token KL (N, T))."""
+    kl = (per_token_logps - ref_per_token_logps) * mask
+    rewards = -beta * kl
+    positions = torch.arange(mask.size(1), device=mask.device).expand_as(mask)
+    last = (positions * (mask > 0)).max(dim=1).values            # (N,) index of the last sampled token
+    rewards[torch.arange(mask.size(0), device=mask.device), last] += scores.to(rewards.dtype)
+    return rewards, kl
+
+
+def adaptive_kl_beta(beta: float, observed_kl: float, target: float, n_steps: int,
+                     horizon: int = 10_000) -> float:
+    """Ziegler et al. (2019) proportional controller: move beta so the observed KL tracks `target`."""
+    error = max(-0.2, min(0.2, observed_kl / target - 1.0))
+    return beta * (1.0 + error * n_steps / horizon)
