@@ -179,3 +179,25 @@ def adaptive_kl_beta(beta: float, observed_kl: float, target: float, n_steps: in
     """Ziegler et al. (2019) proportional controller: move beta so the observed KL tracks `target`."""
     error = max(-0.2, min(0.2, observed_kl / target - 1.0))
     return beta * (1.0 + error * n_steps / horizon)
+
+
+def kway_ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """InstructGPT's reward-model loss over all ranked pairs of each prompt.
+
+    rewards (B, K): one scalar per completion (one forward pass each). ranks (B, K): 0 = best; equal
+    ranks are ties (no pair); -1 marks a padded slot (prompts may have fewer completions, e.g. K=2 pairs).
+    loss = mean over prompts of [ -mean over pairs (w beats l) of log sigmoid(r_w - r_l) ]: each prompt is
+    one batch element whatever its number of pairs, as in InstructGPT (which divides by C(K,2)).
+    Returns (loss, pair_accuracy) where pair_accuracy is the share of pairs with r_w > r_l (detached).
+    """
+    valid = ranks >= 0                                                    # (B, K)
+    beats = (ranks.unsqueeze(2) < ranks.unsqueeze(1)) & valid.unsqueeze(2) & valid.unsqueeze(1)  # (B, K, K): i beats j
+    margin = rewards.float().unsqueeze(2) - rewards.float().unsqueeze(1)  # (B, K, K): r_i - r_j
+    n_pairs = beats.sum(dim=(1, 2))                                       # (B,)
+    has_pairs = n_pairs > 0
+    if not has_pairs.any():
+        return rewards.sum() * 0.0, rewards.new_tensor(float("nan"))
+    pair_losses = -F.logsigmoid(margin) * beats                          # (B, K, K), zero off-pair
+    per_prompt = pair_losses.sum(dim=(1, 2))[has_pairs] / n_pairs[has_pairs]
+    correct = ((margin > 0) & beats).sum().float() / n_pairs.sum().float()
+    return per_prompt.mean(), correct.detach()
