@@ -123,6 +123,8 @@ def _start_wandb(stage: str, run_dir: Path, run_name: str, config: dict, cfg: An
     except ImportError:  # pragma: no cover - wandb is a dependency
         print("tracking: wandb not installed; metrics.jsonl only", file=sys.stderr)
         return None
+    if not os.environ.get("WANDB_MODE"):
+        os.environ.pop("WANDB_MODE", None)  # an empty value would fail wandb's own settings check
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_key() else "offline")
     wandb_dir = Path(run_dir) / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)
