@@ -5,6 +5,8 @@ Shapes: B = batch, T = tokens, V = vocab, K = completions per prompt, G = group 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -201,3 +203,18 @@ def kway_ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> tuple[torch
     per_prompt = pair_losses.sum(dim=(1, 2))[has_pairs] / n_pairs[has_pairs]
     correct = ((margin > 0) & beats).sum().float() / n_pairs.sum().float()
     return per_prompt.mean(), correct.detach()
+
+
+def bits_per_byte(nll_nats_sum: float, n_bytes: int) -> float:
+    """Tokenizer-independent LM quality: total next-token loss (nats) over the text, in bits per UTF-8 byte."""
+    return nll_nats_sum / math.log(2) / max(n_bytes, 1)
+
+
+def bigram_bits_per_byte(train_pairs: torch.Tensor, val_pairs: torch.Tensor, alpha: float = 0.5) -> float:
+    """Byte-level bigram baseline. Pair counts are (contexts, 256): row c counts next bytes after context c
+    (our shards use 257 rows, row 256 = document start). P(b | c) = (n(c, b) + alpha) / (n(c) + 256 alpha)
+    is fit on train_pairs; the result is the bits per byte it spends on the pairs counted in val_pairs."""
+    train = train_pairs.double() + alpha
+    log2p = torch.log2(train / train.sum(dim=1, keepdim=True))  # (contexts, 256)
+    val = val_pairs.double()
+    return float(-(val * log2p).sum() / val.sum().clamp(min=1))

@@ -65,15 +65,22 @@ def _init_worker(tokenizer_json: str, bos_id: int) -> None:
     _WORKER.update(tok=tok, bos=bos_id)
 
 
-def _encode_chunk(task: tuple[str, int, list[str]]) -> tuple[str, int, np.ndarray, int]:
-    """(split, index after the chunk's last document, BOS+ids of every document, UTF-8 bytes)."""
+def byte_pair_counts(docs: list[str]) -> np.ndarray:
+    """(257, 256) counts of (previous byte, byte); row 256 = the document start. For the bigram baseline."""
+    counts = np.zeros(257 * 256, dtype=np.int64)
+    for doc in docs:
+        b = np.frombuffer(doc.encode("utf-8"), dtype=np.uint8).astype(np.int64)
+        prev = np.concatenate([[256], b[:-1]])
+        counts += np.bincount(prev * 256 + b, minlength=257 * 256)
+    return counts.reshape(257, 256)
+
+
+def _encode_chunk(task: tuple[str, int, list[str]]) -> tuple[str, int, np.ndarray, np.ndarray]:
+    """(split, index after the chunk's last document, BOS+ids of every document, byte-pair counts)."""
     split, end_index, docs = task
     encs = _WORKER["tok"].encode_batch(docs, add_special_tokens=False)
-    parts = []
-    for enc in encs:
-        parts.append(np.array([_WORKER["bos"]] + enc.ids, dtype=np.int64))
-    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
-    return split, end_index, np.concatenate(parts), n_bytes
+    parts = [np.array([_WORKER["bos"]] + enc.ids, dtype=np.int64) for enc in encs]
+    return split, end_index, np.concatenate(parts), byte_pair_counts(docs)
 
 
 def _chunks(documents, done: dict[str, int]):
@@ -120,7 +127,7 @@ def build_shards(data_cfg, seed: int, tokenizer, cache_root: Path, log: Callable
     state = json.loads(progress_path.read_text()) if progress_path.is_file() else {
         "train": {"shards": [], "next": 0}, "val": {"shards": [], "next": 0}}
     for name in os.listdir(out):  # partial shards of a killed run
-        if name.endswith(".bin") and not any(s["file"] == name for sp in ("train", "val") for s in state[sp]["shards"]):
+        if name.endswith((".bin", ".npy")) and not any(s["file"] == name.replace(".pairs.npy", ".bin") for sp in ("train", "val") for s in state[sp]["shards"]):
             os.remove(out / name)
     dtype = token_dtype(len(tokenizer))
     workers = data_cfg.num_workers or os.cpu_count() or 1
@@ -129,29 +136,31 @@ def build_shards(data_cfg, seed: int, tokenizer, cache_root: Path, log: Callable
         + (f"; {skipped} finished shard(s) kept" if skipped else ""))
     buffers = {"train": [], "val": []}
 
-    def flush(split: str, end_index: int, n_bytes: int) -> None:
+    pairs = {"train": np.zeros((257, 256), np.int64), "val": np.zeros((257, 256), np.int64)}
+
+    def flush(split: str, end_index: int) -> None:
         tokens = np.concatenate(buffers[split]).astype(dtype)
         name = f"{split}_{len(state[split]['shards']):06d}.bin"
         tokens.tofile(out / name)
+        np.save(out / name.replace(".bin", ".pairs.npy"), pairs[split])
         docs = int((tokens == tokenizer.bos_token_id).sum())
-        state[split]["shards"].append({"file": name, "tokens": int(tokens.size), "documents": docs, "bytes": n_bytes})
+        state[split]["shards"].append({"file": name, "tokens": int(tokens.size), "documents": docs,
+                                       "bytes": int(pairs[split].sum())})
         state[split]["next"] = end_index
-        buffers[split] = []
+        buffers[split], pairs[split] = [], np.zeros((257, 256), np.int64)
         _write_json(progress_path, state)
 
     tasks = _chunks(iter_split(data_cfg, seed), {s: state[s]["next"] for s in ("train", "val")})
-    pending_bytes = {"train": 0, "val": 0}
     last_end = {"train": state["train"]["next"], "val": state["val"]["next"]}
-    for split, end_index, ids, n_bytes in _run_tasks(tasks, tokenizer, workers, progress_bar):
+    for split, end_index, ids, counts in _run_tasks(tasks, tokenizer, workers, progress_bar):
         buffers[split].append(ids)
-        pending_bytes[split] += n_bytes
+        pairs[split] += counts
         last_end[split] = end_index
         if sum(b.size for b in buffers[split]) >= data_cfg.shard_tokens:
-            flush(split, end_index, pending_bytes[split])
-            pending_bytes[split] = 0
+            flush(split, end_index)
     for split in ("train", "val"):
         if buffers[split]:
-            flush(split, last_end[split], pending_bytes[split])
+            flush(split, last_end[split])
     _finish(out, data_cfg, seed, tokenizer, tok_fp, state, log)
     return out
 
@@ -218,6 +227,11 @@ class ShardSet:
     def arrays(self, split: str) -> list[np.memmap]:
         return [np.memmap(self.path / s["file"], dtype=self.dtype, mode="r")
                 for s in self.manifest["splits"][split]["shards"]]
+
+    def byte_pairs(self, split: str) -> np.ndarray:
+        """(257, 256) byte-pair counts of the split's text (row 256: document start)."""
+        return sum(np.load(self.path / s["file"].replace(".bin", ".pairs.npy"))
+                   for s in self.manifest["splits"][split]["shards"])
 
     def head(self, split: str, max_tokens: int | None = None) -> np.ndarray:
         """The split's first max_tokens tokens (all when None), concatenated across shards."""
