@@ -1,0 +1,253 @@
+"""A local web page for people to rank K completions of a prompt, best to worst.
+
+    lifecycle rank recipes/tiny.yaml [--port 8765] [--rollouts runs/tiny/rollouts.jsonl] [--out rankings.jsonl]
+    then open http://127.0.0.1:8765/
+
+Standard library only (http.server): the page (reward/static/ranking.html) orders completions by drag and
+drop or keyboard, with skip, undo and a progress count. Every action is one JSON line appended to the log
+and fsynced before the server answers, so an acknowledged ranking survives a killed server. The log is
+append-only; skip and undo are events too, replayed on start:
+    {"event": "rank", "id": <uuid>, "prompt_id", "order": [completion indices best..worst], "completions",
+     "prompt_messages", "family", "policy", "time"}
+    {"event": "skip", "id", "prompt_id", "time"}      {"event": "undo", "id", "target": <id undone>, "time"}
+No loss or duplicates: a submission id makes retries idempotent, a prompt already ranked (another tab)
+is refused with 409, a partial last line (killed mid-write, never acknowledged) is cut on start, and an
+exclusive file lock keeps a second server off the same log. The queue is the rollouts' order; skipped
+prompts come back after every unskipped one; a restart opens at the first unranked prompt.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+STATIC = Path(__file__).parent / "static" / "ranking.html"
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """Replay a rankings log: the active actions (rank or skip) in order, undone ones removed."""
+    active: dict[str, dict] = {}
+    path = Path(path)
+    if not path.is_file():
+        return []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a partial last line from a killed writer: never acknowledged
+        if rec.get("event") in ("rank", "skip"):
+            active.setdefault(rec["id"], rec)
+        elif rec.get("event") == "undo":
+            active.pop(rec.get("target"), None)
+    return list(active.values())
+
+
+def read_rankings(path: str | Path) -> list[dict]:
+    """The active ranking records of a log (skips and undone rankings left out)."""
+    return [r for r in read_log(path) if r["event"] == "rank"]
+
+
+def load_prompts(rollouts_path: str | Path) -> list[dict]:
+    path = Path(rollouts_path)
+    if not path.is_file():
+        raise UserError(f"{path}: no rollouts file; run `lifecycle rollouts RECIPE` first")
+    prompts, seen = [], set()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # partial last line of an interrupted rollout run
+        if "id" not in rec or not isinstance(rec.get("completions"), list):
+            raise UserError(f"{path}:{n}: expected a rollout record with 'id' and 'completions'")
+        if rec["id"] not in seen:
+            seen.add(rec["id"])
+            prompts.append(rec)
+    if not prompts:
+        raise UserError(f"{path}: holds no rollouts")
+    return prompts
+
+
+class RankingLog:
+    """The append-only log plus the replayed state, behind one lock."""
+
+    def __init__(self, path: str | Path, prompts: list[dict]):
+        self.path, self.prompts = Path(path), prompts
+        self.by_id = {p["id"]: p for p in prompts}
+        self.lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._cut_partial_line()
+        self.fh = open(self.path, "a", encoding="utf-8")
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{self.path}: another ranking server is using this log") from None
+        self.seen_ids: set[str] = set()
+        for line in self.path.read_text().splitlines():
+            try:
+                self.seen_ids.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError):
+                pass
+        self.active = read_log(self.path)
+
+    def _cut_partial_line(self) -> None:
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+
+    def _append(self, record: dict) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())  # durable before the client hears "ok"
+        self.seen_ids.add(record["id"])
+
+    def state(self) -> dict:
+        ranked = {r["prompt_id"] for r in self.active if r["event"] == "rank"}
+        skipped = {r["prompt_id"] for r in self.active if r["event"] == "skip"} - ranked
+        todo = [p for p in self.prompts if p["id"] not in ranked]
+        fresh = [p for p in todo if p["id"] not in skipped]
+        current = (fresh or todo or [None])[0]
+        return {"total": len(self.prompts), "ranked": len(ranked), "skipped": len(skipped),
+                "can_undo": bool(self.active), "current": _public(current)}
+
+    def act(self, event: str, body: dict) -> tuple[int, dict]:
+        """Apply one action (rank, skip, undo); returns (HTTP status, response)."""
+        sub = str(body.get("submission") or "")
+        if not sub or len(sub) > 64:
+            return 400, {"error": "missing submission id"}
+        with self.lock:
+            if sub in self.seen_ids:  # a retry of an action already on disk
+                return 200, {"ok": True, "duplicate": True, **self.state()}
+            record = {"event": event, "id": sub, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            if event == "undo":
+                if not self.active:
+                    return 409, {"error": "nothing to undo", **self.state()}
+                record["target"] = self.active[-1]["id"]
+                record["prompt_id"] = self.active[-1]["prompt_id"]
+            else:
+                error = self._check(event, body)
+                if error:
+                    return 409 if "already" in error else 400, {"error": error, **self.state()}
+                record.update(self._payload(event, body))
+            self._append(record)
+            if event == "undo":
+                self.active.pop()
+            else:
+                self.active.append(record)
+            return 200, {"ok": True, **self.state()}
+
+    def _check(self, event: str, body: dict) -> str:
+        prompt = self.by_id.get(body.get("prompt_id"))
+        if prompt is None:
+            return "unknown prompt_id"
+        if any(r["prompt_id"] == prompt["id"] and r["event"] == "rank" for r in self.active):
+            return "already ranked (in another tab?)"
+        if event == "rank":
+            order = body.get("order")
+            if not isinstance(order, list) or sorted(order) != list(range(len(prompt["completions"]))):
+                return f"order must be a permutation of 0..{len(prompt['completions']) - 1}"
+        return ""
+
+    def _payload(self, event: str, body: dict) -> dict:
+        prompt = self.by_id[body["prompt_id"]]
+        out = {"prompt_id": prompt["id"]}
+        if event == "rank":
+            out.update(order=[int(i) for i in body["order"]], family=prompt.get("family"),
+                       prompt_messages=prompt.get("prompt_messages"), policy=prompt.get("policy"),
+                       completions=[c["text"] for c in prompt["completions"]], source="human")
+        return out
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _public(prompt: dict | None) -> dict | None:
+    """What the page shows: the conversation so far and the completions in a shuffled (seeded) order."""
+    if prompt is None:
+        return None
+    items = [{"index": i, "text": c["text"]} for i, c in enumerate(prompt["completions"])]
+    random.Random(prompt["id"]).shuffle(items)  # no position bias, yet stable across reloads
+    return {"id": prompt["id"], "family": prompt.get("family"),
+            "messages": prompt.get("prompt_messages") or [{"role": "user", "content": prompt.get("prompt", "")}],
+            "completions": items}
+
+
+def make_handler(log: RankingLog):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt, *args):  # quiet: the log file is the record
+            pass
+
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj: dict) -> None:
+            self._send(status, json.dumps(obj).encode(), "application/json")
+
+        def do_GET(self):
+            if self.path in ("/", "/index.html"):
+                self._send(200, STATIC.read_bytes(), "text/html; charset=utf-8")
+            elif self.path == "/api/state":
+                with log.lock:
+                    self._json(200, log.state())
+            else:
+                self._json(404, {"error": "not found"})
+
+        def do_POST(self):
+            event = {"/api/rank": "rank", "/api/skip": "skip", "/api/undo": "undo"}.get(self.path)
+            # JSON only: a cross-site form cannot send application/json without a CORS preflight we refuse.
+            if event is None or not self.headers.get("Content-Type", "").startswith("application/json"):
+                return self._json(404 if event is None else 415, {"error": "POST JSON to /api/rank|skip|undo"})
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            except (ValueError, json.JSONDecodeError):
+                return self._json(400, {"error": "body is not JSON"})
+            self._json(*log.act(event, body if isinstance(body, dict) else {}))
+
+    return Handler
+
+
+def serve(rollouts: str | Path, out: str | Path, host: str = "127.0.0.1", port: int = 8765,
+          ready=None) -> None:
+    """Serve until interrupted. `ready(url)` is called once the socket listens."""
+    log = RankingLog(out, load_prompts(rollouts))
+    try:
+        server = ThreadingHTTPServer((host, port), make_handler(log))
+    except OSError as exc:
+        log.close()
+        raise UserError(f"--host/--port: cannot listen on {host}:{port} ({exc.strerror})") from None
+    url = f"http://{host}:{server.server_address[1]}/"
+    (ready or (lambda u: print(f"ranking page: {u}  (log: {out}; Ctrl+C to stop)", flush=True)))(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        log.close()
+
+
+def rank_cli(args) -> int:
+    from pipeline.recipe import load_recipe
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = Path(recipe.output_dir) / recipe.name
+    rollouts = args.rollouts or run_dir / "rollouts.jsonl"
+    out = args.out or recipe.rm.rankings_file or run_dir / "rankings.jsonl"
+    serve(rollouts, out, host=args.host, port=args.port)
+    return 0
+

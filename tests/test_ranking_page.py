@@ -1,0 +1,173 @@
+"""The ranking page: log replay, idempotency, two tabs, and end to end in headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import UserError
+from reward.ranking_page import RankingLog, load_prompts, read_rankings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_rollouts(path: Path, n_prompts: int = 4, k: int = 3) -> Path:
+    with open(path, "w") as fh:
+        for p in range(n_prompts):
+            fh.write(json.dumps({
+                "id": f"p{p}", "family": "arithmetic",
+                "prompt_messages": [{"role": "user", "content": f"What is {p}+{p}?"}],
+                "completions": [{"text": f"prompt {p} completion {c}\nAnswer: {p + c}"} for c in range(k)],
+                "policy": "fp", "sampling": {"temperature": 1.0}}) + "\n")
+    return path
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_log_actions_replay_and_idempotency(tmp_path):
+    prompts = load_prompts(write_rollouts(tmp_path / "r.jsonl"))
+    log = RankingLog(tmp_path / "rank.jsonl", prompts)
+    assert log.state()["current"]["id"] == "p0"
+    assert log.act("rank", {"submission": "a", "prompt_id": "p0", "order": [2, 0, 1]})[0] == 200
+    assert log.act("rank", {"submission": "a", "prompt_id": "p0", "order": [2, 0, 1]})[1]["duplicate"]
+    status, body = log.act("rank", {"submission": "b", "prompt_id": "p0", "order": [0, 1, 2]})
+    assert status == 409 and body["current"]["id"] == "p1"          # a second tab's late submit
+    assert log.act("rank", {"submission": "c", "prompt_id": "p1", "order": [0, 0, 1]})[0] == 400
+    assert log.act("skip", {"submission": "d", "prompt_id": "p1"})[1]["current"]["id"] == "p2"
+    assert log.act("undo", {"submission": "e"})[1]["current"]["id"] == "p1"   # the skip is undone
+    log.act("skip", {"submission": "f", "prompt_id": "p1"})
+    for sub, pid in (("g", "p2"), ("h", "p3")):
+        log.act("rank", {"submission": sub, "prompt_id": pid, "order": [0, 1, 2]})
+    assert log.state()["current"]["id"] == "p1"                       # skipped prompts come back last
+    log.act("undo", {"submission": "i"})                             # undoes the ranking of p3
+    log.close()
+    ranked = read_rankings(tmp_path / "rank.jsonl")
+    assert [(r["prompt_id"], r["order"]) for r in ranked] == [("p0", [2, 0, 1]), ("p2", [0, 1, 2])]
+    assert ranked[0]["completions"][2] == "prompt 0 completion 2\nAnswer: 2"
+    assert len(lines(tmp_path / "rank.jsonl")) == 7                  # a, d, e, f, g, h, i: no duplicates
+
+
+def test_partial_line_cut_and_single_writer(tmp_path):
+    prompts = load_prompts(write_rollouts(tmp_path / "r.jsonl"))
+    out = tmp_path / "rank.jsonl"
+    log = RankingLog(out, prompts)
+    log.act("rank", {"submission": "a", "prompt_id": "p0", "order": [0, 1, 2]})
+    with pytest.raises(UserError, match="another ranking server"):
+        RankingLog(out, prompts)
+    log.close()
+    with open(out, "a") as fh:
+        fh.write('{"event": "rank", "id": "half')                     # killed mid-write
+    log = RankingLog(out, prompts)
+    log.act("rank", {"submission": "b", "prompt_id": "p1", "order": [0, 1, 2]})
+    log.close()
+    assert [r["id"] for r in lines(out)] == ["a", "b"]
+
+
+def test_missing_rollouts_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="lifecycle rollouts"):
+        load_prompts(tmp_path / "nope.jsonl")
+
+
+# ---------------------------------------------------------------- headless Chromium, real server process
+def start_server(rollouts: Path, out: Path) -> tuple[subprocess.Popen, str]:
+    code = ("import sys; from reward.ranking_page import serve; "
+            "serve(sys.argv[1], sys.argv[2], port=0)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(rollouts), str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("ranking page: http://127.0.0.1:"), line
+    return proc, line.split()[2]
+
+
+def current_order(page) -> list[int]:
+    return [int(x) for x in page.eval_on_selector_all("#list li", "els => els.map(e => e.dataset.index)")]
+
+
+@pytest.fixture()
+def browser():
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian chromium not installed (apt-get install -y --no-install-recommends chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
+                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                    "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def test_rank_two_kill_restart_resumes_at_third(tmp_path, browser):
+    rollouts, out = write_rollouts(tmp_path / "r.jsonl"), tmp_path / "rankings.jsonl"
+    proc, url = start_server(rollouts, out)
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#list li")
+        assert page.inner_text("#progress").startswith("0 / 4")
+        assert page.get_attribute("#prompt", "data-prompt-id") == "p0"
+        # prompt 1 by keyboard: focus the first completion, move it down twice, Enter submits
+        before = current_order(page)
+        page.focus("#list li:first-child")
+        page.keyboard.press("Shift+ArrowDown")
+        page.keyboard.press("Shift+ArrowDown")
+        expected_first = before[1:] + before[:1]
+        assert current_order(page) == expected_first
+        page.keyboard.press("Enter")
+        page.wait_for_function("document.querySelector('#progress').textContent.startsWith('1 / 4')")
+        # prompt 2 by drag and drop: the last completion onto the top of the first, then the button
+        assert page.get_attribute("#prompt", "data-prompt-id") == "p1"
+        before = current_order(page)
+        page.drag_and_drop("#list li:last-child", "#list li:first-child", target_position={"x": 20, "y": 2})
+        expected_second = before[-1:] + before[:-1]
+        assert current_order(page) == expected_second
+        page.click("#submit")
+        page.wait_for_function("document.querySelector('#progress').textContent.startsWith('2 / 4')")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ranked = read_rankings(out)
+    assert [(r["prompt_id"], r["order"]) for r in ranked] == [("p0", expected_first), ("p1", expected_second)]
+    assert len(lines(out)) == 2
+    proc, url = start_server(rollouts, out)
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#list li")
+        assert page.get_attribute("#prompt", "data-prompt-id") == "p2"
+        assert page.inner_text("#progress").startswith("2 / 4")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_skip_undo_and_second_tab_in_browser(tmp_path, browser):
+    rollouts, out = write_rollouts(tmp_path / "r.jsonl"), tmp_path / "rankings.jsonl"
+    proc, url = start_server(rollouts, out)
+    try:
+        tab1, tab2 = browser.new_page(), browser.new_page()
+        for tab in (tab1, tab2):
+            tab.goto(url)
+            tab.wait_for_selector("#list li")
+        tab1.click("#skip")
+        tab1.wait_for_function("document.querySelector('#prompt').dataset.promptId === 'p1'")
+        assert "1 skipped" in tab1.inner_text("#progress")
+        tab1.keyboard.press("u")                                       # undo the skip
+        tab1.wait_for_function("document.querySelector('#prompt').dataset.promptId === 'p0'")
+        tab1.click("#submit")                                          # tab 1 ranks p0
+        tab1.wait_for_function("document.querySelector('#prompt').dataset.promptId === 'p1'")
+        tab2.click("#submit")                                          # tab 2 still shows p0: refused
+        tab2.wait_for_function("document.querySelector('#prompt').dataset.promptId === 'p1'")
+        assert "already ranked" in tab2.inner_text("#status")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert [r["prompt_id"] for r in read_rankings(out)] == ["p0"]
+    assert [r["event"] for r in lines(out)] == ["skip", "undo", "rank"]
