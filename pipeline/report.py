@@ -1,0 +1,225 @@
+"""The report card: runs/<name>/report.md + PNG plots, read from the finished stages' manifests.
+
+    lifecycle report recipes/tiny.yaml      (also `make report`, and the last step of `make all`)
+
+Every number in report.md comes from a stage's manifest.json (the runner writes it; `metrics` is the
+dict the stage returned) — the only derived number is the GPU-hour estimate, wall time x processes.
+Curves come from each stage's metrics.jsonl (what ctx.tracker.log wrote). Stages that have not run
+are listed as missing; the report shows what exists. With `tracking.wandb` on, a W&B run with
+job_type "summary" in the run's group carries the ladder as a table and the plots (modelled on
+nanochat's report card: one page from base model to assistant).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import artifacts
+from pipeline.errors import UserError
+from pipeline.report_plots import plot_ladder, plot_losses, plot_rl, plot_rm
+
+STAGES = ("tokenizer", "pretrain", "sft", "rm", "rl")  # pipeline order (pipeline.runner.STAGE_NAMES)
+TOKEN_KEYS = ("train/tokens", "tokens")                  # total training tokens a stage reports
+LADDER = re.compile(r"^eval/(acc|format)/(.+)$")          # eval/acc/<family>, eval/format/<family>
+
+
+@dataclass
+class StageRecord:
+    name: str
+    manifest: dict
+    history: list[dict]             # metrics.jsonl rows (step, time, metric...)
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest.get("metrics") or {}
+
+
+@dataclass
+class Report:
+    path: Path
+    stages: dict[str, StageRecord]
+    missing: list[str]
+    plots: dict[str, dict] = field(default_factory=dict)  # name -> {"path", "curves": [labels]}
+
+
+# ------------------------------------------------------------------ reading
+def read_history(stage_dir: Path) -> list[dict]:
+    path = stage_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a partial last line of a killed stage
+    return rows
+
+
+def collect(run_dir: Path) -> tuple[dict[str, StageRecord], list[str]]:
+    stages, missing = {}, []
+    for name in STAGES:
+        manifest = artifacts.read_manifest(run_dir / name)
+        if manifest is None:
+            missing.append(name)
+        else:
+            stages[name] = StageRecord(name, manifest, read_history(run_dir / name))
+    return stages, missing
+
+
+def processes(manifest: dict) -> int:
+    """Processes the stage ran with, from the launch command the runner recorded."""
+    match = re.search(r"--num_processes\s+(\d+)", manifest.get("launch") or "")
+    return int(match.group(1)) if match else 1
+
+
+def gpu_hours(manifest: dict) -> float:
+    return float(manifest.get("wall_time_s") or 0.0) * processes(manifest) / 3600.0
+
+
+def ladder(stages: dict[str, StageRecord]) -> tuple[list[str], dict[tuple[str, str], dict[str, float]]]:
+    """Stages with per-family eval metrics, and {(kind, family): {stage: value}}."""
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    for name, rec in stages.items():
+        for key, value in rec.metrics.items():
+            match = LADDER.match(key)
+            if match and isinstance(value, (int, float)):
+                table.setdefault((match.group(1), match.group(2)), {})[name] = float(value)
+    columns = [s for s in STAGES if any(s in row for row in table.values())]
+    return columns, dict(sorted(table.items()))
+
+
+# ------------------------------------------------------------------ formatting
+def fmt(value) -> str:
+    """Numbers as written into report.md: 6 significant digits (tests read them back)."""
+    if isinstance(value, bool) or value is None:
+        return "-" if value is None else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.6g}"
+    return str(value)
+
+
+def md_table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _stage_rows(stages: dict[str, StageRecord]) -> list[list]:
+    rows = []
+    for name, rec in stages.items():
+        m = rec.manifest
+        tokens = next((rec.metrics[k] for k in TOKEN_KEYS if k in rec.metrics), None)
+        rows.append([name, m.get("run_id", "-"), m.get("wall_time_s"), tokens, processes(m), gpu_hours(m),
+                     m.get("started_at", "-")])
+    return rows
+
+
+def _image(report: Report, name: str, alt: str) -> list[str]:
+    plot = report.plots.get(name)
+    if not plot:
+        return []
+    rel = Path(plot["path"]).relative_to(report.path.parent)
+    return [f"![{alt}]({rel.as_posix()})", "", "Curves: " + ", ".join(plot["curves"]), ""]
+
+
+def render(report: Report, run_name: str) -> str:
+    stages = report.stages
+    out = [f"# Report card: {run_name}", "",
+           f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from the stage manifests in `{report.path.parent}`.",
+           f"Stages present: {', '.join(stages) or 'none'}"
+           + (f" (not run yet: {', '.join(report.missing)})" if report.missing else "") + ".", ""]
+    out += ["## Stages", "",
+            "GPU-hours are estimated as wall time x processes (on a CPU-only machine: process-hours).", ""]
+    out += md_table(["stage", "run id", "wall time (s)", "tokens", "processes", "est. GPU-hours", "started"],
+                    _stage_rows(stages))
+    columns, rows = ladder(stages)
+    if rows:
+        out += ["## Accuracy ladder", "",
+                "Held-out built-in tasks: `acc` = share answered right, `format` = share ending with a "
+                "well-formed `Answer:` line.", ""]
+        out += md_table(["metric", "family"] + columns,
+                        [[kind, fam] + [vals.get(c) for c in columns] for (kind, fam), vals in rows.items()])
+        out += _image(report, "ladder", "accuracy ladder")
+    out += ["## Training curves", ""] + _image(report, "loss", "loss curves")
+    for name, title in (("rm", "## Reward model"), ("rl", "## RL")):
+        if name in stages:
+            out += [title, ""] + _image(report, name, f"{name} curves")
+    out += ["## Final metrics per stage", ""]
+    for name, rec in stages.items():
+        out += [f"### {name}", ""] + md_table(["metric", "value"], [[k, v] for k, v in sorted(rec.metrics.items())])
+    out += _environment(stages)
+    return "\n".join(out)
+
+
+def _environment(stages: dict[str, StageRecord]) -> list[str]:
+    if not stages:
+        return []
+    latest = max(stages.values(), key=lambda r: r.manifest.get("started_at", ""))
+    versions = latest.manifest.get("versions") or {}
+    out = ["## Environment", "", f"From the manifest of `{latest.name}` (the stage that ran last).", ""]
+    out += md_table(["package", "version"], [[k, f"`{v}`"] for k, v in sorted(versions.items())])
+    out += md_table(["stage", "git commit", "code version", "launch"],
+                    [[n, f"`{r.manifest.get('git_commit')}`", f"`{r.manifest.get('code_version')}`",
+                      f"`{r.manifest.get('launch')}`"] for n, r in stages.items()])
+    return out
+
+
+# ------------------------------------------------------------------ writing
+def write_report(run_dir: str | Path, run_name: str | None = None) -> Report:
+    """Write run_dir/report.md and run_dir/report/*.png; return what was written."""
+    run_dir = Path(run_dir)
+    stages, missing = collect(run_dir)
+    report = Report(path=run_dir / "report.md", stages=stages, missing=missing)
+    plot_dir = run_dir / "report"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    columns, rows = ladder(stages)
+    for name, plotted in (("loss", plot_losses({n: r.history for n, r in stages.items()}, plot_dir / "loss.png")),
+                          ("ladder", plot_ladder(columns, rows, plot_dir / "ladder.png")),
+                          ("rm", plot_rm(stages.get("rm"), plot_dir / "rm.png")),
+                          ("rl", plot_rl(stages.get("rl"), plot_dir / "rl.png"))):
+        if plotted:
+            report.plots[name] = {"path": str(plot_dir / f"{name}.png"), "curves": plotted}
+    report.path.write_text(render(report, run_name or run_dir.name))
+    return report
+
+
+def log_summary_to_wandb(report: Report, recipe) -> str | None:
+    """A W&B run (group = run name, job_type "summary"): the ladder as a table and summary, the plots."""
+    from pipeline.recipe import recipe_to_dict
+    from pipeline.tracking import Tracker
+    run_dir = report.path.parent
+    tracker = Tracker("summary", run_dir / "report", run_dir, recipe.name, recipe_to_dict(recipe),
+                      recipe.tracking, echo=False)
+    columns, rows = ladder(report.stages)
+    summary = {f"ladder/{stage}/{kind}/{fam}": vals[stage]
+               for (kind, fam), vals in rows.items() for stage in columns if stage in vals}
+    summary |= {f"{name}/{k}": v for name, rec in report.stages.items() for k, v in rec.metrics.items()
+                if isinstance(v, (int, float))}
+    tracker.summary(summary)
+    if rows:
+        tracker.table("summary/ladder", ["metric", "family"] + columns,
+                      [[kind, fam] + [vals.get(c) for c in columns] for (kind, fam), vals in rows.items()])
+    if tracker.wandb_run is not None and report.plots:
+        import wandb
+        tracker.wandb_run.log({f"report/{n}": wandb.Image(p["path"]) for n, p in report.plots.items()})
+    return tracker.finish()
+
+
+def report_cli(args) -> int:
+    from pipeline.recipe import load_recipe
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = Path(recipe.output_dir) / recipe.name
+    if not run_dir.is_dir():
+        raise UserError(f"{args.recipe}: no run at {run_dir}; run the recipe first (lifecycle run {args.recipe})")
+    report = write_report(run_dir, recipe.name)
+    print(f"report: {report.path} ({len(report.stages)} stages; plots: {', '.join(report.plots) or 'none'})")
+    if recipe.tracking.wandb:
+        where = log_summary_to_wandb(report, recipe)
+        print(f"report: W&B summary run {where}")
+    return 0

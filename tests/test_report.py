@@ -1,0 +1,174 @@
+"""The report card on synthetic stage dirs: every number comes from the manifests; the plots are real PNGs."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.report import fmt, gpu_hours, report_cli, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FAMILIES = ("arithmetic", "spelling")
+
+
+def _stage(run_dir: Path, name: str, metrics: dict, history: list[dict], wall: float, launch: str,
+           started: str) -> dict:
+    stage_dir = run_dir / name
+    stage_dir.mkdir(parents=True)
+    manifest = {"stage": name, "run_id": f"id{name}", "fingerprint": "f" * 16, "code_version": "0.1.0",
+                "metrics": metrics, "wall_time_s": wall, "started_at": started, "launch": launch,
+                "versions": {"python": "3.11.2", "torch": "2.13.0"}, "git_commit": "abc123", "config": {}}
+    (stage_dir / "manifest.json").write_text(json.dumps(manifest))
+    (stage_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history) + '{"step": 9, "trai')
+    return manifest
+
+
+def make_run(tmp_path: Path) -> tuple[Path, dict]:
+    """tokenizer, pretrain, sft, rl finished (rm missing), with metrics a real run would return."""
+    run_dir = tmp_path / "runs" / "toy"
+    inproc = "in-process: stages.x:run(recipe=r.yaml, out=runs/toy/x.tmp)"
+    two = "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m pipeline.worker"
+    m = {"tokenizer": _stage(run_dir, "tokenizer", {"eval/bytes_per_token": 3.713, "vocab_size": 2048.0}, [],
+                             1.25, inproc, "2026-11-28T10:00:00")}
+    m["pretrain"] = _stage(run_dir, "pretrain", {"eval/val_bpb": 2.0123456789, "train/tokens": 1228800.0,
+                                                 "train/loss": 3.1}, [
+        {"step": s, "time": s, "train/loss": 6.0 - s / 10, "train/lr": 1e-3} for s in range(1, 31)] + [
+        {"step": s, "time": s, "eval/val_bpb": 3.0 - s / 30} for s in (10, 20, 30)],
+        412.5, two, "2026-11-28T10:01:00")
+    sft_metrics = {"train/tokens": 300000.0, "train/loss": 0.81}
+    rl_metrics = {"train/tokens": 50000.0, "eval/reward": 0.64, "eval/kl": 0.0123}
+    for i, fam in enumerate(FAMILIES):
+        sft_metrics |= {f"eval/acc/{fam}": 0.3 + 0.1 * i, f"eval/format/{fam}": 0.9}
+        rl_metrics |= {f"eval/acc/{fam}": 0.55 + 0.1 * i, f"eval/format/{fam}": 0.97}
+    sft_metrics["eval/acc"] = 0.35
+    m["sft"] = _stage(run_dir, "sft", sft_metrics, [{"step": s, "train/loss": 2.0 / s} for s in range(1, 11)],
+                      99.0, inproc, "2026-11-28T10:09:00")
+    m["rl"] = _stage(run_dir, "rl", rl_metrics, [
+        {"step": s, "train/loss": 0.1, "train/reward": s / 10, "train/kl": s / 100} for s in range(1, 11)],
+        61.7, inproc, "2026-11-28T10:12:00")
+    return run_dir, m
+
+
+def tables(markdown: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every markdown table as (header, rows of cells)."""
+    out, lines = [], markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+            header = [c.strip() for c in line.strip("|").split("|")]
+            rows, j = [], i + 2
+            while j < len(lines) and lines[j].startswith("|"):
+                rows.append([c.strip() for c in lines[j].strip("|").split("|")])
+                j += 1
+            out.append((header, rows))
+    return out
+
+
+def _num(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
+
+
+def test_every_number_in_the_report_equals_the_manifests(tmp_path):
+    run_dir, manifests = make_run(tmp_path)
+    report = write_report(run_dir)
+    text = (run_dir / "report.md").read_text()
+    assert report.path == run_dir / "report.md" and report.missing == ["rm"]
+    assert "not run yet: rm" in text
+    by_header = {tuple(h): rows for h, rows in tables(text)}
+
+    stage_rows = by_header[("stage", "run id", "wall time (s)", "tokens", "processes", "est. GPU-hours", "started")]
+    assert [r[0] for r in stage_rows] == ["tokenizer", "pretrain", "sft", "rl"]
+    for name, run_id, wall, tokens, procs, hours, started in stage_rows:
+        m = manifests[name]
+        assert run_id == m["run_id"] and started == m["started_at"]
+        assert float(wall) == pytest.approx(m["wall_time_s"], rel=1e-6)
+        assert tokens == "-" if "train/tokens" not in m["metrics"] else float(tokens) == m["metrics"]["train/tokens"]
+        assert int(procs) == (2 if name == "pretrain" else 1)
+        assert float(hours) == pytest.approx(m["wall_time_s"] * int(procs) / 3600, rel=1e-5)
+
+    ladder = by_header[("metric", "family", "sft", "rl")]
+    assert len(ladder) == 2 * len(FAMILIES)  # acc and format rows per family; no base column (no base evals)
+    for kind, fam, *values in ladder:
+        for stage, cell in zip(("sft", "rl"), values):
+            assert float(cell) == pytest.approx(manifests[stage]["metrics"][f"eval/{kind}/{fam}"], rel=1e-6)
+
+    # each stage's final-metrics table holds exactly its manifest's metrics
+    metric_tables = [rows for h, rows in tables(text) if h == ["metric", "value"]]
+    assert len(metric_tables) == 4
+    for name, rows in zip(("tokenizer", "pretrain", "sft", "rl"), metric_tables):
+        got = {k: float(v) for k, v in rows}
+        assert got.keys() == manifests[name]["metrics"].keys()
+        for key, value in got.items():
+            assert value == pytest.approx(manifests[name]["metrics"][key], rel=1e-5)
+
+    # and no other number sneaks into any table: each is a manifest value or a GPU-hour estimate
+    known = [v for m in manifests.values() for v in list(m["metrics"].values()) + [m["wall_time_s"]]]
+    known += [gpu_hours(m) for m in manifests.values()] + [1, 2]  # process counts
+    for header, rows in tables(text):
+        if header[0] in ("package", "stage") and "git commit" in header:
+            continue
+        for row in rows:
+            for cell in row:
+                number = _num(cell)
+                if number is not None:
+                    assert any(math.isclose(number, k, rel_tol=1e-5) for k in known), (header, cell)
+
+
+def test_plots_are_pngs_with_the_expected_curves(tmp_path):
+    import matplotlib.image as mpimg
+    run_dir, _ = make_run(tmp_path)
+    report = write_report(run_dir)
+    assert set(report.plots) == {"loss", "ladder", "rl"}  # no rm stage: no rm plot
+    assert report.plots["loss"]["curves"] == ["pretrain: train/loss", "pretrain: eval/val_bpb", "sft: train/loss",
+                                              "rl: train/loss"]
+    assert report.plots["ladder"]["curves"] == [f"acc: {f}" for f in FAMILIES]
+    assert report.plots["rl"]["curves"] == ["rl reward: train/reward", "rl KL: train/kl"]
+    text = report.path.read_text()
+    for name, plot in report.plots.items():
+        path = Path(plot["path"])
+        assert path.read_bytes()[:8] == PNG_MAGIC
+        image = mpimg.imread(path)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        assert image[..., :3].std() > 0.01  # something was drawn
+        assert f"report/{name}.png" in text
+
+
+def test_rm_accuracy_plot_from_history_or_final_metrics(tmp_path):
+    run_dir, _ = make_run(tmp_path)
+    _stage(run_dir, "rm", {"eval/rm/pairwise_acc": 0.7, "eval/rm/top1_acc": 0.5}, [
+        {"step": s, "train/loss": 0.7 - s / 100, "eval/rm/pairwise_acc": 0.5 + s / 100} for s in (5, 10)],
+        30.0, "in-process: x", "2026-11-28T10:10:00")
+    report = write_report(run_dir)
+    assert report.plots["rm"]["curves"] == ["rm: eval/rm/pairwise_acc"]
+    (run_dir / "rm" / "metrics.jsonl").unlink()
+    report = write_report(run_dir)
+    assert report.plots["rm"]["curves"] == ["rm (final): eval/rm/pairwise_acc", "rm (final): eval/rm/top1_acc"]
+    assert report.missing == []
+
+
+def test_empty_run_reports_nothing_without_crashing(tmp_path):
+    report = write_report(tmp_path / "runs" / "none")
+    assert report.stages == {} and report.plots == {} and len(report.missing) == 5
+    assert "Stages present: none" in report.path.read_text()
+
+
+def test_fmt_round_trips_six_digits():
+    assert fmt(3.0) == "3" and fmt(2.0123456789) == "2.01235" and fmt(None) == "-" and fmt(7) == "7"
+    assert float(fmt(1.234567e-5)) == pytest.approx(1.234567e-5, rel=1e-5)
+
+
+def test_report_cli(tmp_path, capsys):
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text(f"name: toy\noutput_dir: {tmp_path / 'runs'}\ntracking: {{wandb: false}}\n")
+    with pytest.raises(UserError, match="no run at"):
+        report_cli(Namespace(recipe=recipe, overrides=[]))
+    make_run(tmp_path)
+    assert report_cli(Namespace(recipe=recipe, overrides=[])) == 0
+    assert re.search(r"report: .*report\.md \(4 stages; plots: loss, ladder, rl\)", capsys.readouterr().out)
