@@ -23,7 +23,6 @@ from pipeline.report_plots import plot_ladder, plot_losses, plot_rl, plot_rm
 
 STAGES = ("tokenizer", "pretrain", "sft", "rm", "rl")  # pipeline order (pipeline.runner.STAGE_NAMES)
 TOKEN_KEYS = ("train/tokens", "tokens")                  # total training tokens a stage reports
-LADDER = re.compile(r"^eval/(acc|format)/(.+)$")          # eval/acc/<family>, eval/format/<family>
 
 
 @dataclass
@@ -80,16 +79,38 @@ def gpu_hours(manifest: dict) -> float:
     return float(manifest.get("wall_time_s") or 0.0) * processes(manifest) / 3600.0
 
 
+def ladder_key(stage: str, key: str) -> tuple[str, str, str] | None:
+    """(column, kind, family) for a per-family eval metric, else None.
+
+    eval/acc/<family> is the stage's own model (column = stage); a variant anywhere in the path names
+    another model the stage evaluated: eval/base/acc/<f> or base/eval/acc/<f> -> column "base" (the
+    SFT stage evaluating its input), control/eval/acc/<f> in rl -> "rl:control" (the equal-compute
+    SFT control). kind is acc, format or pass@k."""
+    parts = key.split("/")
+    if len(parts) < 3 or not (parts[-2] in ("acc", "format") or parts[-2].startswith("pass@")):
+        return None
+    variant = [p for p in parts[:-2] if p != "eval"]
+    if "eval" not in parts[:-2] or len(variant) > 1:
+        return None
+    column = stage if not variant else "base" if variant[0] == "base" else f"{stage}:{variant[0]}"
+    return column, parts[-2], parts[-1]
+
+
 def ladder(stages: dict[str, StageRecord]) -> tuple[list[str], dict[tuple[str, str], dict[str, float]]]:
-    """Stages with per-family eval metrics, and {(kind, family): {stage: value}}."""
+    """Columns (models, in pipeline order) and {(kind, family): {column: value}}."""
     table: dict[tuple[str, str], dict[str, float]] = {}
+    order: dict[str, tuple] = {}
     for name, rec in stages.items():
         for key, value in rec.metrics.items():
-            match = LADDER.match(key)
-            if match and isinstance(value, (int, float)):
-                table.setdefault((match.group(1), match.group(2)), {})[name] = float(value)
-    columns = [s for s in STAGES if any(s in row for row in table.values())]
-    return columns, dict(sorted(table.items()))
+            parsed = ladder_key(name, key)
+            if parsed and isinstance(value, (int, float)) and not isinstance(value, bool):
+                column, kind, family = parsed
+                table.setdefault((kind, family), {})[column] = float(value)
+                rank = -1 if column == "base" else STAGES.index(name)
+                order[column] = (rank, column != name, column)
+    kinds = {"acc": 0, "format": 2}
+    rows = dict(sorted(table.items(), key=lambda kv: (kinds.get(kv[0][0], 1), kv[0])))
+    return sorted(order, key=order.__getitem__), rows
 
 
 # ------------------------------------------------------------------ formatting

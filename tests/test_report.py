@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.report import fmt, gpu_hours, report_cli, write_report
+from pipeline.report import fmt, gpu_hours, ladder_key, report_cli, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAMILIES = ("arithmetic", "spelling")
@@ -43,8 +43,10 @@ def make_run(tmp_path: Path) -> tuple[Path, dict]:
     sft_metrics = {"train/tokens": 300000.0, "train/loss": 0.81}
     rl_metrics = {"train/tokens": 50000.0, "eval/reward": 0.64, "eval/kl": 0.0123}
     for i, fam in enumerate(FAMILIES):
-        sft_metrics |= {f"eval/acc/{fam}": 0.3 + 0.1 * i, f"eval/format/{fam}": 0.9}
-        rl_metrics |= {f"eval/acc/{fam}": 0.55 + 0.1 * i, f"eval/format/{fam}": 0.97}
+        sft_metrics |= {f"eval/acc/{fam}": 0.3 + 0.1 * i, f"eval/format/{fam}": 0.9,
+                        f"eval/base/acc/{fam}": 0.01 * i, f"eval/base/format/{fam}": 0.0}
+        rl_metrics |= {f"eval/acc/{fam}": 0.55 + 0.1 * i, f"eval/format/{fam}": 0.97,
+                       f"eval/pass@4/{fam}": 0.8, f"control/eval/acc/{fam}": 0.45 + 0.1 * i}
     sft_metrics["eval/acc"] = 0.35
     m["sft"] = _stage(run_dir, "sft", sft_metrics, [{"step": s, "train/loss": 2.0 / s} for s in range(1, 11)],
                       99.0, inproc, "2026-11-28T10:09:00")
@@ -93,11 +95,16 @@ def test_every_number_in_the_report_equals_the_manifests(tmp_path):
         assert int(procs) == (2 if name == "pretrain" else 1)
         assert float(hours) == pytest.approx(m["wall_time_s"] * int(procs) / 3600, rel=1e-5)
 
-    ladder = by_header[("metric", "family", "sft", "rl")]
-    assert len(ladder) == 2 * len(FAMILIES)  # acc and format rows per family; no base column (no base evals)
+    columns = ("base", "sft", "rl", "rl:control")  # where each column's numbers live in the manifests:
+    source = {"base": ("sft", "eval/base/{}/{}"), "sft": ("sft", "eval/{}/{}"), "rl": ("rl", "eval/{}/{}"),
+              "rl:control": ("rl", "control/eval/{}/{}")}
+    ladder = by_header[("metric", "family") + columns]
+    assert [(r[0], r[1]) for r in ladder] == [(k, f) for k in ("acc", "pass@4", "format") for f in FAMILIES]
     for kind, fam, *values in ladder:
-        for stage, cell in zip(("sft", "rl"), values):
-            assert float(cell) == pytest.approx(manifests[stage]["metrics"][f"eval/{kind}/{fam}"], rel=1e-6)
+        for column, cell in zip(columns, values):
+            stage, pattern = source[column]
+            expected = manifests[stage]["metrics"].get(pattern.format(kind, fam))
+            assert cell == "-" if expected is None else float(cell) == pytest.approx(expected, rel=1e-6)
 
     # each stage's final-metrics table holds exactly its manifest's metrics
     metric_tables = [rows for h, rows in tables(text) if h == ["metric", "value"]]
@@ -157,6 +164,15 @@ def test_empty_run_reports_nothing_without_crashing(tmp_path):
     report = write_report(tmp_path / "runs" / "none")
     assert report.stages == {} and report.plots == {} and len(report.missing) == 5
     assert "Stages present: none" in report.path.read_text()
+
+
+def test_ladder_keys():
+    assert ladder_key("sft", "eval/acc/arithmetic") == ("sft", "acc", "arithmetic")
+    assert ladder_key("sft", "eval/base/format/spelling") == ("base", "format", "spelling")
+    assert ladder_key("sft", "base/eval/acc/spelling") == ("base", "acc", "spelling")
+    assert ladder_key("rl", "control/eval/pass@8/calculator") == ("rl:control", "pass@8", "calculator")
+    for key in ("eval/acc", "train/acc/x", "eval/rm/pairwise_acc", "eval/val_bpb", "a/b/eval/acc/x"):
+        assert ladder_key("rm", key) is None
 
 
 def test_fmt_round_trips_six_digits():
