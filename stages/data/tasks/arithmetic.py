@@ -1,0 +1,80 @@
+"""Arithmetic family: 2-3 digit addition and subtraction, bare or as a word problem, solved column by
+column from the ones digit before the final answer ("models need tokens to think": each line does one
+digit's worth of work, so a small model never has to produce a multi-digit sum in one token).
+
+    347 + 85, column by column from the right:
+    7 + 5 + 0 = 12: write 2, carry 1.
+    4 + 8 + 1 = 13: write 3, carry 1.
+    3 + 0 + 1 = 4: write 4.
+    Answer: 432
+
+Subtraction keeps the result non-negative; a column that needs a borrow writes its top digit with a
+leading 1 ("14 - 8 - 0 = 6: write 6, borrow 1."). Our own generator rather than reasoning-gym's
+gsm_symbolic: its multi-step problems with large numbers are far beyond a ~1M-parameter model, and
+RL needs this family learnable but not solved after SFT.
+"""
+from __future__ import annotations
+
+import random
+
+WORD_ADD = [
+    "{name} has {a} {things} and gets {b} more. How many {things} does {name} have now?",
+    "A box holds {a} {things}. Someone puts in {b} more. How many {things} are in the box?",
+    "{name} counted {a} {things} in the morning and {b} in the afternoon. How many in total?",
+    "There are {a} {things} on one shelf and {b} on another. How many {things} are there altogether?",
+]
+WORD_SUB = [
+    "{name} has {a} {things} and gives away {b}. How many {things} are left?",
+    "A box holds {a} {things}. {b} are taken out. How many {things} remain in the box?",
+    "{name} needs {a} {things} and already has {b}. How many more does {name} need?",
+    "There were {a} {things} in a shop. {b} were sold. How many {things} are left?",
+]
+BARE = ["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?", "Calculate {a} {op} {b}."]
+NAMES = ["Sam", "Ana", "Leo", "Mia", "Tom", "Zoe", "Raj", "Eve", "Ben", "Ivy", "Kai", "Lin"]
+THINGS = ["apples", "marbles", "books", "coins", "stamps", "shells", "pens", "cards", "eggs", "beads"]
+
+
+def _digits(n: int, width: int) -> list[int]:
+    """Digits from the ones place up, zero-padded to width."""
+    return [int(c) for c in str(n).zfill(width)[::-1]]
+
+
+def add_working(a: int, b: int) -> list[str]:
+    width = max(len(str(a)), len(str(b)))
+    lines, carry = [], 0
+    for da, db in zip(_digits(a, width), _digits(b, width)):
+        total = da + db + carry
+        carry = total // 10
+        lines.append(f"{da} + {db} + {total - da - db} = {total}: write {total % 10}" + (", carry 1." if carry else "."))
+    if carry:
+        lines.append("carry 1: write 1.")
+    return lines
+
+
+def sub_working(a: int, b: int) -> list[str]:
+    width = len(str(a))
+    lines, borrow = [], 0
+    for da, db in zip(_digits(a, width), _digits(b, width)):
+        top, borrow_in = da, borrow
+        borrow = 1 if da - borrow_in < db else 0
+        top += 10 * borrow
+        result = top - db - borrow_in
+        lines.append(f"{top} - {db} - {borrow_in} = {result}: write {result}" + (", borrow 1." if borrow else "."))
+    return lines
+
+
+def generate(rng: random.Random) -> tuple[str, str, str, dict]:
+    """(prompt, reasoning, answer, meta) for one problem."""
+    a, b = rng.randint(10, 999), rng.randint(10, 999)
+    op = rng.choice("+-")
+    if op == "-" and b > a:
+        a, b = b, a
+    if rng.random() < 0.5:
+        template = rng.choice(WORD_ADD if op == "+" else WORD_SUB)
+        prompt = template.format(name=rng.choice(NAMES), things=rng.choice(THINGS), a=a, b=b)
+    else:
+        prompt = rng.choice(BARE).format(a=a, b=b, op=op)
+    value = a + b if op == "+" else a - b
+    lines = add_working(a, b) if op == "+" else sub_working(a, b)
+    reasoning = "\n".join([f"{a} {op} {b}, column by column from the right:"] + lines)
+    return prompt, reasoning, str(value), {"a": a, "b": b, "op": op}

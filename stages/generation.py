@@ -1,0 +1,147 @@
+"""Batched sampling with a KV cache and the calculator tool run inside the loop.
+
+    from stages.generation import generate
+    out = generate(model, tok, [render_prompt(tok, msgs)], max_new_tokens=96, temperature=1.0,
+                   num_samples=8, seed=0)          # out[prompt][sample] -> Completion
+
+Prompts are left-padded into one batch (positions from the attention mask), prefilled once, then
+decoded one token per step for all rows. When a row samples <|/calc|>, the text since its last <|calc|>
+goes to stages/tools.py and "<|result|>VALUE<|/result|>" is queued for that row: the next steps feed
+those tokens instead of sampling (tool_mask = 1: not sampled, so no loss and no log-prob for them),
+which keeps every row on the same step without re-running the cache. Finished rows (<|end|> or the
+token budget, which counts inserted tokens too) are dropped from the batch and its cache.
+Completion.text is the decoded completion with special tokens kept (<|calc|>..., the final <|end|>).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+
+from stages.tokenizer import CALL, END, END_CALL, END_RESULT, RESULT
+from stages.tools import tool_result
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    tool_mask: list[int]      # 1 = inserted by the tool (not sampled: no loss, no logprob)
+    text: str                 # decoded completion, special tokens included
+    finished: bool            # emitted <|end|>
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, top-k and nucleus filtering of (B, V) logits; filtered entries become -inf."""
+    logits = logits.float() / temperature
+    if top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _next_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+class _Row:
+    def __init__(self, prompt_ids: list[int]):
+        self.prompt_ids, self.ids, self.tool = prompt_ids, [], []
+        self.forced: deque[int] = deque()
+        self.finished = False
+
+
+def _tool_tokens(tokenizer, row: _Row, ids: dict) -> list[int]:
+    """Ids of <|result|>VALUE<|/result|> for the call that just closed in this row."""
+    starts = [i for i, t in enumerate(row.ids) if t == ids["call"]]
+    body = row.ids[starts[-1] + 1:-1] if starts else []
+    expr = tokenizer.decode(body, skip_special_tokens=True) if starts else ""
+    value = tool_result(expr) if starts else f"error: no {CALL} before {END_CALL}"
+    return tokenizer(f"{RESULT}{value}{END_RESULT}", add_special_tokens=False)["input_ids"]
+
+
+@torch.inference_mode()
+def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+                    top_p: float, top_k: int, use_tools: bool, gen) -> list[_Row]:
+    device = next(model.parameters()).device
+    ids = {"end": tokenizer.convert_tokens_to_ids(END), "call": tokenizer.convert_tokens_to_ids(CALL),
+           "end_call": tokenizer.convert_tokens_to_ids(END_CALL)}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids["end"]
+    rows = [_Row(list(p)) for p in prompts]
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)    # (B, T) left-padded
+    attn = torch.zeros_like(input_ids)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        attn[i, width - len(p):] = 1
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)                                          # (B, T)
+    out = model(input_ids=input_ids, attention_mask=attn, position_ids=positions, use_cache=True)
+    cache, logits = out.cache, out.logits[:, -1, :]                                         # (B, V)
+    next_pos = positions[:, -1] + 1                                                         # (B,)
+    active = list(range(len(rows)))  # batch slot -> row
+    for _ in range(max_new_tokens):
+        sampled = _next_tokens(logits, temperature, top_k, top_p, gen).tolist()
+        fed = []
+        for slot, r in enumerate(active):
+            row = rows[r]
+            forced = bool(row.forced)
+            token = row.forced.popleft() if forced else sampled[slot]
+            row.ids.append(token)
+            row.tool.append(int(forced))
+            if not forced and token == ids["end"]:
+                row.finished = True
+            elif not forced and use_tools and token == ids["end_call"]:
+                row.forced.extend(_tool_tokens(tokenizer, row, ids))
+            fed.append(token)
+        keep = [slot for slot, r in enumerate(active) if not rows[r].finished and len(rows[r].ids) < max_new_tokens]
+        if not keep:
+            break
+        if len(keep) < len(active):  # drop finished rows from the batch and the cache
+            index = torch.tensor(keep, device=device)
+            cache.reorder_cache(index)
+            attn, next_pos = attn[index], next_pos[index]
+            active, fed = [active[s] for s in keep], [fed[s] for s in keep]
+        attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=1)                   # (K, T+1)
+        step_ids = torch.tensor(fed, dtype=torch.long, device=device).unsqueeze(1)          # (K, 1)
+        out = model(input_ids=step_ids, attention_mask=attn, position_ids=next_pos.unsqueeze(1),
+                    cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    return rows
+
+
+def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, top_k: int = 0, num_samples: int = 1, use_tools: bool = True,
+             seed: int | None = None, batch_size: int = 64) -> list[list[Completion]]:
+    """num_samples completions for each prompt (token-id lists), as out[prompt][sample].
+
+    temperature 0 is greedy. With a seed the result is reproducible for the same batch_size."""
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    jobs = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
+    out: list[list[Completion | None]] = [[None] * num_samples for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(jobs), batch_size):
+            chunk = jobs[start:start + batch_size]
+            rows = _generate_batch(model, tokenizer, [prompts[p] for p, _ in chunk], max_new_tokens,
+                                   temperature, top_p, top_k, use_tools, gen)
+            for (p, s), row in zip(chunk, rows):
+                text = tokenizer.decode(row.ids, skip_special_tokens=False)
+                out[p][s] = Completion(row.prompt_ids, row.ids, row.tool, text, row.finished)
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
