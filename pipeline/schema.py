@@ -172,6 +172,7 @@ class EvalSection(Section):
     benchmarks: list[str] = []                      # gsm8k, arc_easy, arc_challenge, hellaswag, mmlu
     benchmark_limit: int = Field(200, ge=1)         # questions per benchmark
     benchmark_files: dict[str, str] = {}            # benchmark -> local jsonl/parquet (offline)
+    benchmark_max_new_tokens: int = Field(256, ge=1)  # GSM8K generation budget (working + answer)
     samples: int = Field(3, ge=0)                   # base-model samples logged per eval
 
 
