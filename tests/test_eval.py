@@ -1,0 +1,118 @@
+"""`lifecycle eval`: suite detection, the base/chat/benchmark suites on a tiny checkpoint, the stage entry."""
+from __future__ import annotations
+
+import json
+import math
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import UserError
+from stages import eval as E
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture()
+def ckpt(tmp_path, tiny_model, tiny_tokenizer):
+    from stages.model import save_model
+    path = tmp_path / "ckpt"
+    save_model(tiny_model, tiny_tokenizer, path)
+    return path
+
+
+@pytest.fixture()
+def recipe_path(tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"Document {i}: and God said {i * 7} times, let there be light."})
+                            + "\n" for i in range(40)))
+    path = tmp_path / "r.yaml"
+    path.write_text(f"""name: ev
+output_dir: {tmp_path / 'runs'}
+tracking: {{wandb: false}}
+data: {{source: local, paths: ["{docs}"], val_fraction: 0.3}}
+pretrain: {{eval_tokens: 2000}}
+sft: {{families: [arithmetic, decimal_compare]}}
+eval: {{max_prompts_per_family: 3, max_new_tokens: 8, samples: 2, benchmark_max_new_tokens: 6}}
+""")
+    return path
+
+
+def _args(checkpoint, recipe, suite="auto", **kw):
+    base = dict(checkpoint=str(checkpoint), suite=suite, recipe=recipe, limit=None, data_file=None, reference=None,
+                reward_model=None, out=None)
+    return Namespace(**(base | kw))
+
+
+def test_detect_suite_from_manifest_or_architecture(tmp_path, ckpt):
+    assert E.detect_suite(ckpt) == "base"  # a causal LM without a manifest
+    for stage, suite in (("pretrain", "base"), ("sft", "chat"), ("rm", "rm"), ("rl", "rl")):
+        (ckpt / "manifest.json").write_text(json.dumps({"stage": stage}))
+        assert E.detect_suite(ckpt) == suite
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "config.json").write_text(json.dumps({"architectures": ["LlamaForSequenceClassification"]}))
+    assert E.detect_suite(rm) == "rm"
+
+
+def test_base_suite_bits_per_byte_and_samples(ckpt, recipe_path, tmp_path):
+    out = tmp_path / "m.json"
+    assert E.eval_cli(_args(ckpt, recipe_path, out=str(out))) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {"eval/val_loss", "eval/val_bpb"}
+    # an untrained model is near uniform over the vocab: loss ~ ln(vocab), and bpb is positive and finite
+    assert metrics["eval/val_loss"] == pytest.approx(math.log(400), rel=0.1)
+    assert 0 < metrics["eval/val_bpb"] < 20
+    run = tmp_path / "runs" / "ev" / "eval" / "ckpt-base"
+    samples = [json.loads(line) for line in (run / "samples_base.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all(s["prompt"] and isinstance(s["continuation"], str) for s in samples)
+    logged = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert logged["eval/val_bpb"] == metrics["eval/val_bpb"]
+
+
+def test_chat_suite_per_family_metrics_and_table(ckpt, recipe_path, tmp_path, capsys):
+    assert E.eval_cli(_args(ckpt, recipe_path, suite="chat", limit=2)) == 0
+    printed = capsys.readouterr().out
+    for fam in ("arithmetic", "decimal_compare"):
+        assert f"eval/acc/{fam}" in printed and f"eval/format/{fam}" in printed
+    rows = (tmp_path / "runs" / "ev" / "eval" / "ckpt-chat" / "samples_chat.jsonl").read_text().splitlines()
+    assert len(rows) == 2 * 2 and {"family", "prompt", "completion", "answer"} <= set(json.loads(rows[0]))
+
+
+def test_benchmark_suite_from_a_local_file(ckpt, recipe_path, tmp_path):
+    out = tmp_path / "b.json"
+    args = _args(ckpt, recipe_path, suite="arc_easy", data_file=str(DATA / "arc.jsonl"), out=str(out))
+    assert E.eval_cli(args) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["eval/arc_easy/n"] == 3 and 0 <= metrics["eval/arc_easy/acc"] <= 1
+
+
+def test_gsm8k_generation_path(ckpt, recipe_path, tmp_path):
+    out = tmp_path / "g.json"
+    args = _args(ckpt, recipe_path, suite="gsm8k", data_file=str(DATA / "gsm8k.jsonl"), limit=2, out=str(out))
+    assert E.eval_cli(args) == 0
+    assert json.loads(out.read_text())["metrics"]["eval/gsm8k/n"] == 2
+    rows = (tmp_path / "runs" / "ev" / "eval" / "ckpt-gsm8k" / "samples_gsm8k.jsonl").read_text().splitlines()
+    assert [json.loads(r)["answer"] for r in rows] == ["1234", "7"]
+
+
+def test_bad_input(ckpt, recipe_path, tmp_path):
+    with pytest.raises(UserError, match="unknown"):
+        E.eval_cli(_args(ckpt, recipe_path, suite="nope"))
+    with pytest.raises(UserError, match="no checkpoint"):
+        E.eval_cli(_args(tmp_path / "a" / "b" / "c", recipe_path))
+    with pytest.raises(UserError, match="reference policy"):
+        E.eval_cli(_args(ckpt, recipe_path, suite="rl"))
+    with pytest.raises(UserError, match="--limit"):
+        E.eval_cli(_args(ckpt, recipe_path, limit=0))
+
+
+def test_stage_entry_through_call_stage(ckpt, recipe_path, tmp_path):
+    from pipeline.launch import call_stage
+    from pipeline.recipe import load_recipe
+    recipe = load_recipe(recipe_path, ["eval.samples=1"])
+    out = tmp_path / "stage_out"
+    result = call_stage(recipe, "stages.eval:run", "eval", {"model": str(ckpt)}, out, tmp_path / "runs" / "ev")
+    assert set(result["metrics"]) == {"eval/val_loss", "eval/val_bpb"}
+    assert (out / "samples_base.jsonl").read_text().count("\n") == 1
