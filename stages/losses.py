@@ -217,4 +217,5 @@ def bigram_bits_per_byte(train_pairs: torch.Tensor, val_pairs: torch.Tensor, alp
     train = train_pairs.double() + alpha
     log2p = torch.log2(train / train.sum(dim=1, keepdim=True))  # (contexts, 256)
     val = val_pairs.double()
-    return float(-(val * log2p).sum() / val.sum().clamp(min=1))
+    spent = torch.where(val > 0, val * log2p, torch.zeros_like(val))  # 0 * log 0 counts as 0
+    return float(-spent.sum() / val.sum().clamp(min=1))

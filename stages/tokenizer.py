@@ -72,9 +72,15 @@ def ensure_chat_tokens(tokenizer) -> None:
         tokenizer.chat_template = CHAT_TEMPLATE_PATH.read_text()
 
 
+def encode_plain(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of raw text: no BOS/EOS added, and special-token strings ("<|end|>") inside the text are
+    encoded as ordinary text, so data can never forge a turn marker."""
+    return tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def bytes_per_token(tokenizer, texts: list[str]) -> float:
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    n_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    n_tokens = sum(len(ids) for ids in encode_plain(tokenizer, texts))
     return n_bytes / max(n_tokens, 1)
 
 

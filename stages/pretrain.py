@@ -1,0 +1,333 @@
+"""Pretrain stage: next-token prediction on token shards, our own loop on accelerate (nanoGPT style).
+
+    lifecycle run recipes/tiny.yaml --stages pretrain
+    accelerate launch --multi_gpu --num_processes 8 -m pipeline.worker ...   (what `lifecycle run` does for N > 1)
+
+Top to bottom: model (fresh from recipe.model, or `pretrain.from`) -> shards (built once, cached in
+runs/<name>/shards) -> AdamW + schedule -> resume from the last checkpoint -> steps of `accum`
+micro-batches (grad sync on the last only), clip, step; periodic val loss / bits-per-byte, samples,
+checkpoints -> save_pretrained + tokenizer, metrics with the byte-bigram baseline.
+
+The global batch of a step is fixed by the data (stages/data/shards.py): rank r's micro-batch m holds
+windows (m*world + r)*b ... +b of the step, so N processes x micro-batch b compute what one process
+x N*b does. Departures from GPT-2/nanoGPT: llama-style model by default; no document masking (BOS
+separates documents); MFU counts 6N + 12*L*d*T flops per token (PaLM appendix B).
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import UserError
+from stages.data.shards import ShardSet, TrainWindows, build_shards, token_byte_lengths
+from stages.losses import bigram_bits_per_byte, bits_per_byte
+
+# Dense bf16 peak FLOP/s by GPU name (fp32/tf32 runs use half). CPU: a stated nominal, not a measured peak:
+# per core 2 FMA units x fp32 lanes (16 with AVX-512, else 8) x 2 flops x 3 GHz.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12,
+              "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
+
+
+def cpu_flops_per_core() -> float:
+    try:
+        avx512 = "avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        avx512 = False
+    return 2 * (16 if avx512 else 8) * 2 * 3e9
+
+
+# ---------------------------------------------------------------- setup
+def _accelerator(cfg):
+    from accelerate import Accelerator
+    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and torch.cuda.is_available())
+    return Accelerator(mixed_precision="bf16" if bf16 else "no")
+
+
+def _model_and_tokenizer(recipe, inputs):
+    from transformers import AutoTokenizer
+    from stages.model import build_model, load_causal_lm
+    from stages.tokenizer import ensure_chat_tokens
+    if recipe.pretrain.from_:
+        model, tokenizer = load_causal_lm(inputs["model"])
+        ensure_chat_tokens(tokenizer)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        if limit and recipe.model.seq_len > limit:
+            raise UserError(f"model.seq_len: {recipe.model.seq_len} exceeds {inputs['model']}'s context {limit}")
+        return model, tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(inputs["tokenizer"])
+    return build_model(recipe.model, tokenizer), tokenizer
+
+
+def accum_steps(cfg, seq_len: int, world: int) -> int:
+    """Micro-steps per optimizer step so that one step sees total_batch_tokens."""
+    per_micro = cfg.micro_batch_size * seq_len * world
+    if cfg.total_batch_tokens is None:
+        return 1
+    if cfg.total_batch_tokens % per_micro:
+        raise UserError(f"pretrain.total_batch_tokens: {cfg.total_batch_tokens} is not a multiple of micro_batch_size "
+                        f"x seq_len x processes = {cfg.micro_batch_size} x {seq_len} x {world} = {per_micro}")
+    return cfg.total_batch_tokens // per_micro
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token: 6N (forward + backward matmuls) + 12*L*d*T (attention scores)."""
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    if not getattr(cfg, "tie_word_embeddings", False):
+        n -= model.get_input_embeddings().weight.numel()  # a lookup, not a matmul
+    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
+    width = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    return 6 * n + 12 * layers * width * seq_len
+
+
+def peak_flops(device: str, bf16: bool) -> tuple[float, str]:
+    """Peak FLOP/s of this process's device, and what it is (MFU's denominator)."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+        if peak is not None:
+            return (peak if bf16 else peak / 2), name
+        return float("nan"), name
+    cores, per_core = torch.get_num_threads(), cpu_flops_per_core()
+    return cores * per_core, f"CPU nominal {cores} thread(s) x {per_core / 1e9:.0f} GFLOP/s"
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def nll_sums(model, tokens: np.ndarray, seq_len: int, batch_size: int, byte_lengths: torch.Tensor,
+             rank: int = 0, world: int = 1) -> torch.Tensor:
+    """[nats over all targets, targets, nats over byte-carrying targets, their bytes] for this rank's
+    share of the seq_len windows of `tokens` (float64, to be summed over ranks)."""
+    device = next(model.parameters()).device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    n_windows = math.ceil((len(tokens) - 1) / seq_len)
+    mine = list(range(rank, n_windows, world))
+    for i in range(0, len(mine), batch_size):
+        rows = [tokens[w * seq_len: w * seq_len + seq_len + 1] for w in mine[i:i + batch_size]]
+        groups: dict[int, list] = {}
+        for row in rows:  # only the very last window can be shorter
+
+            groups.setdefault(len(row), []).append(row)
+        for rows_of_len in groups.values():
+            win = torch.as_tensor(np.stack(rows_of_len), device=device)  # (B, t+1)
+            logits = model(input_ids=win[:, :-1]).logits.float()         # (B, t, V)
+            nll = F.cross_entropy(logits.flatten(0, 1), win[:, 1:].flatten(), reduction="none")  # (B*t,)
+            nbytes = byte_lengths.to(device)[win[:, 1:].flatten()]
+            sums += torch.stack([nll.sum().double(), torch.tensor(nll.numel(), device=device, dtype=torch.float64),
+                                 (nll * (nbytes > 0)).sum().double(), nbytes.sum().double()])
+    return sums
+
+
+def val_bits_per_byte(model, tokenizer, texts: list[str] | None = None, tokens: np.ndarray | None = None,
+                      seq_len: int | None = None, batch_size: int = 8, max_tokens: int = 65_536) -> dict[str, float]:
+    """Validation loss (nats/token) and bits per UTF-8 byte of a causal LM on `texts` (each prefixed with
+    BOS, special-token strings read as text) or on a token array. Special-token targets carry no bytes:
+    they count in the loss but not in bits-per-byte."""
+    if tokens is None:
+        from stages.tokenizer import encode_plain
+        ids = [[tokenizer.bos_token_id] + row for row in encode_plain(tokenizer, texts or [])]
+        tokens = np.array([t for row in ids for t in row], dtype=np.int64)
+    tokens = np.asarray(tokens[:max_tokens + 1], dtype=np.int64)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
+    was_training = model.training
+    model.eval()
+    sums = nll_sums(model, tokens, seq_len or limit, batch_size, torch.as_tensor(token_byte_lengths(tokenizer)))
+    model.train(was_training)
+    return {"val_loss": float(sums[0] / sums[1]), "val_bpb": bits_per_byte(float(sums[2]), int(sums[3]))}
+
+
+def _evaluate(model, accelerator, val_tokens, seq_len, batch_size, byte_lengths) -> dict[str, float]:
+    model.eval()
+    sums = nll_sums(model, val_tokens, seq_len, batch_size, byte_lengths,
+                    accelerator.process_index, accelerator.num_processes)
+    sums = accelerator.reduce(sums, "sum")
+    model.train()
+    return {"eval/val_loss": float(sums[0] / sums[1]), "eval/val_bpb": bits_per_byte(float(sums[2]), int(sums[3]))}
+
+
+@torch.no_grad()
+def _samples(model, tokenizer, prompts: list[list[int]], step: int, max_new_tokens: int = 64) -> list[list]:
+    """Sampled continuations (T=0.8, top-k 50) under a fixed seed, outside the training RNG stream."""
+    rows = []
+    model.eval()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(step)
+        for prompt in prompts:
+            ids = torch.tensor([prompt], device=next(model.parameters()).device)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=True, temperature=0.8, top_k=50, pad_token_id=tokenizer.pad_token_id)
+            rows.append([step, tokenizer.decode(prompt, skip_special_tokens=True),
+                         tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)])
+    model.train()
+    return rows
+
+
+def _sample_prompts(val_tokens: np.ndarray, bos: int, n: int, length: int = 12) -> list[list[int]]:
+    """The first `length` tokens of the first n validation documents (BOS included)."""
+    starts = np.flatnonzero(val_tokens == bos)[:n]
+    return [val_tokens[s: s + length].tolist() for s in starts]
+
+
+# ---------------------------------------------------------------- checkpoints
+def _latest_checkpoint(ckpt_root: Path) -> Path | None:
+    done = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    return done[-1] if done else None
+
+
+def _save_checkpoint(accelerator, ckpt_root: Path, step: int, elapsed: float) -> None:
+    """accelerate save_state (model, optimizer, scheduler, every rank's RNG states) + data position;
+    written to step_N.tmp and renamed, older checkpoints removed."""
+    import json
+    tmp, final = ckpt_root / f"step_{step:07d}.tmp", ckpt_root / f"step_{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=False)  # torch pickles: tied weights stay as they are
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "position.json").write_text(json.dumps({"step": step, "elapsed": elapsed}))
+        tmp.rename(final)
+        for old in ckpt_root.glob("step_*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _resume(accelerator, ckpt_root: Path, ctx) -> int:
+    """Load the last checkpoint if any; returns the next step to run."""
+    import json
+    latest = _latest_checkpoint(ckpt_root)
+    if latest is None:
+        return 0
+    accelerator.load_state(str(latest))
+    position = json.loads((latest / "position.json").read_text())
+    ctx.tracker.start = time.time() - position["elapsed"]  # ETA and logged times continue the killed run's clock
+    ctx.log(f"resumed from {latest} (step {position['step']})")
+    return position["step"]
+
+
+# ---------------------------------------------------------------- the loop
+def _train_step(model, optimizer, scheduler, accelerator, windows, step: int, accum: int, cfg) -> tuple[float, float]:
+    """One optimizer step of `accum` micro-batches; returns (mean loss over ranks, grad norm or nan)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for micro in range(accum):
+        x, y = windows.micro_batch(step, micro, rank, world, cfg.micro_batch_size, accum)  # (B, T) each
+        x, y = torch.from_numpy(x).to(accelerator.device), torch.from_numpy(y).to(accelerator.device)
+        sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)  # all-reduce once per step
+        with sync:
+            logits = model(input_ids=x).logits                                             # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            accelerator.backward(loss / accum)
+        loss_sum += loss.detach()
+    grad_norm = float("nan")
+    if cfg.optim.grad_clip > 0:
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(accelerator.reduce(loss_sum / accum, "mean")), grad_norm
+
+
+def _lr_used(scheduler) -> float:
+    """The lr of the step just taken (the scheduler has already moved on to the next one)."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch - 1)
+
+
+def run(recipe, inputs, ctx) -> dict[str, float]:
+    from stages.data.shards import byte_pair_counts
+    from stages.model import count_parameters, save_model
+    from stages.optim import make_optimizer, make_scheduler
+    cfg, seq_len = recipe.pretrain, recipe.model.seq_len
+    accelerator = _accelerator(cfg)
+    model, tokenizer = _model_and_tokenizer(recipe, inputs)
+    with accelerator.main_process_first():  # rank 0 tokenizes; the others then find the finished shards
+        shard_dir = build_shards(recipe.data, recipe.seed, tokenizer, ctx.run_dir / "shards", log=ctx.log,
+                                 progress_bar=accelerator.is_main_process)
+    shards = ShardSet(shard_dir)
+    world = accelerator.num_processes
+    accum = accum_steps(cfg, seq_len, world)
+    windows = TrainWindows(shards, seq_len, recipe.seed)
+    val_tokens = shards.head("val", cfg.eval_tokens + 1)
+    byte_lengths = torch.as_tensor(token_byte_lengths(tokenizer))
+    prompts = _sample_prompts(val_tokens, tokenizer.bos_token_id, recipe.eval.samples)
+    n_params = count_parameters(model)
+    step_tokens = accum * world * cfg.micro_batch_size * seq_len
+    flops_tok = flops_per_token(model, seq_len)
+    peak, peak_name = peak_flops(accelerator.device.type, accelerator.mixed_precision == "bf16")
+    ctx.log(f"{n_params / 1e6:.2f}M params | {world} process(es) x micro-batch {cfg.micro_batch_size} x {accum} "
+            f"accum x {seq_len} tokens = {step_tokens:,} tokens/step | {cfg.max_steps} steps = "
+            f"{cfg.max_steps * step_tokens / shards.manifest['splits']['train']['tokens']:.2f} epochs | "
+            f"mixed precision {accelerator.mixed_precision} | MFU vs {peak_name}")
+
+    optimizer = make_optimizer(model, cfg.optim, accelerator.device.type)
+    scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if cfg.compile:
+        model = torch.compile(model)
+    ckpt_root = ctx.out_dir / "checkpoints"
+    start = _resume(accelerator, ckpt_root, ctx)
+
+    model.train()
+    for step in range(start, cfg.max_steps):
+        t0 = time.perf_counter()
+        loss, grad_norm = _train_step(model, optimizer, scheduler, accelerator, windows, step, accum, cfg)
+        dt = time.perf_counter() - t0
+        done = step + 1
+        metrics = {"train/loss": loss, "train/lr": _lr_used(scheduler)}
+        if math.isfinite(grad_norm):
+            metrics["train/grad_norm"] = grad_norm
+        metrics["train/tokens_per_s"] = step_tokens / dt
+        metrics["train/mfu"] = flops_tok * step_tokens / dt / (peak * world)
+        if done % cfg.eval_every == 0 and done < cfg.max_steps:
+            metrics.update(_evaluate(model, accelerator, val_tokens, seq_len, cfg.micro_batch_size, byte_lengths))
+        ctx.tracker.log(metrics, step=done, total=cfg.max_steps)
+        if prompts and (done % cfg.sample_every == 0 or done == cfg.max_steps):
+            rows = _samples(accelerator.unwrap_model(model, keep_torch_compile=False), tokenizer, prompts, done)
+            ctx.tracker.table("samples", ["step", "prompt", "completion"], rows)
+            for _, prompt, completion in rows:
+                ctx.log(f"sample @ {done}: {prompt!r} -> {completion!r}")
+        if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
+            _save_checkpoint(accelerator, ckpt_root, done, time.time() - ctx.tracker.start)
+
+    final = _evaluate(model, accelerator, val_tokens, seq_len, cfg.micro_batch_size, byte_lengths)
+    # the byte bigram, fit on the training text and scored on exactly the val text the model was scored on
+    segments = np.split(val_tokens, np.flatnonzero(val_tokens == tokenizer.bos_token_id))
+    val_docs = [tokenizer.decode(seg, skip_special_tokens=True) for seg in segments if len(seg) > 1]
+    bigram = bigram_bits_per_byte(torch.from_numpy(shards.byte_pairs("train")),
+                                  torch.from_numpy(byte_pair_counts(val_docs)))
+    metrics = {**final, "baseline/bigram_bpb": bigram, "eval/bpb_ratio_vs_bigram": final["eval/val_bpb"] / bigram,
+               "train/tokens": float(cfg.max_steps * step_tokens), "params": float(n_params)}
+    ctx.tracker.log(metrics, step=cfg.max_steps)
+    ctx.log(f"val {final['eval/val_bpb']:.3f} bits/byte vs byte bigram {bigram:.3f} "
+            f"({100 * (1 - final['eval/val_bpb'] / bigram):.1f}% below)")
+    _save_final(accelerator, model, tokenizer, ctx.out_dir, save_model)
+    if accelerator.is_main_process and not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    return metrics
+
+
+def _save_final(accelerator, model, tokenizer, out_dir: Path, save_model) -> None:
+    """save_pretrained + tokenizer on rank 0; sharded engines (FSDP, ZeRO-3) gather the weights first."""
+    from accelerate.utils import DistributedType
+    accelerator.wait_for_everyone()
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    state = accelerator.get_state_dict(model) if sharded else None
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if accelerator.is_main_process:
+        if state is None:
+            save_model(unwrapped, tokenizer, out_dir)
+        else:
+            unwrapped.save_pretrained(out_dir, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(out_dir)
+    accelerator.wait_for_everyone()
