@@ -100,11 +100,12 @@ class PretrainStage(Section):
 class SFTStage(Section):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
     from_: Optional[str] = Field(None, alias="from")  # start from an HF model dir / hub id, not pretrain
-    datasets: list[str] = ["builtin"]          # "builtin", a hub id, or a local .jsonl/.parquet path
+    datasets: list[str] = ["builtin"]          # "builtin", a hub id ("id[:config][@split]"), or a local .jsonl/.json/.parquet path
+    dataset_max_rows: int = Field(20_000, ge=1)  # rows read per hub/local dataset (hub ones stream)
     builtin_train_per_family: int = Field(2000, ge=1)  # built-in generator: train conversations per family
     builtin_test_per_family: int = Field(50, ge=1)     # built-in generator: held-out prompts per family
     families: list[str] = []                   # built-in task families; [] = all
-    system_prompt: Optional[str] = None        # default system prompt; None = the built-in identity prompt
+    system_prompt: Optional[str] = None        # system prompt `lifecycle chat` uses with this model (system_prompt.txt); None = the built-in identity prompt
     max_length: int = Field(256, ge=16)        # tokens per conversation; longer ones are skipped (counted)
     max_steps: int = Field(400, ge=1)          # optimizer steps
     micro_batch_size: int = Field(16, ge=1)    # conversations per forward/backward
@@ -115,6 +116,7 @@ class SFTStage(Section):
     lora_r: int = Field(16, ge=1)              # LoRA rank
     lora_alpha: int = Field(32, ge=1)          # LoRA scale numerator
     eval_max_new_tokens: int = Field(128, ge=1)  # generation budget for the held-out eval
+    eval_base: bool = True                     # also evaluate the starting model (base/... metrics)
 
 
 class RMStage(Section):
@@ -125,12 +127,16 @@ class RMStage(Section):
     temperature: float = Field(1.0, gt=0)      # rollout sampling temperature
     top_p: float = Field(1.0, gt=0, le=1)      # rollout nucleus sampling
     max_new_tokens: int = Field(96, ge=1)      # rollout length
+    families: list[str] = []                   # built-in task families to roll out; [] = all
     rankers: list[str] = ["verifier"]          # mix of: verifier, judge, human (from rankings.jsonl)
+    tie_break: Literal["none", "shorter"] = "none"  # verifier: same-tier completions tie, or the shorter wins
     judge_model: Optional[str] = None          # judge ranker: HF chat model dir / hub id
     rankings_file: Optional[str] = None        # human ranker: JSONL written by `lifecycle rank`
     pairs_datasets: list[str] = []             # extra chosen/rejected datasets (hub id or local), as K=2
+    pairs_max_examples: int = Field(10_000, ge=1)  # rows read per pairs dataset
+    max_length: int = Field(512, ge=16)        # tokens per prompt+completion; longer keep their last tokens
     epochs: int = Field(2, ge=1)               # passes over the ranked prompts
-    prompts_per_batch: int = Field(4, ge=1)    # prompts (each with K completions) per optimizer step
+    prompts_per_batch: int = Field(4, ge=1)    # prompts (each with K completions) per optimizer step, per process
     optim: Optim = Optim(lr=1e-4, warmup_steps=10, weight_decay=0.0)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # prompts held out for pairwise/top-1 accuracy
 
@@ -139,10 +145,11 @@ class RLStage(Section):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
     from_: Optional[str] = Field(None, alias="from")  # policy: an HF model dir / hub id, not sft
     algorithm: Literal["grpo", "ppo"] = "grpo"  # grpo: verifiable rewards; ppo: against the RM
-    rewards: dict[str, float] = {"verifier": 1.0}  # reward parts and weights: verifier, format, rm, module:function
+    rewards: dict[str, float] = {}             # reward parts -> weights: verifier, format, rm, module:function; {} = {verifier: 1} (grpo) / {rm: 1} (ppo)
     families: list[str] = []                   # built-in task families to train on; [] = all
-    max_steps: int = Field(100, ge=1)          # optimizer steps
+    max_steps: int = Field(100, ge=1)          # RL steps: one rollout batch each, then ppo_epochs optimizer steps
     prompts_per_step: int = Field(8, ge=1)     # prompts per step
+    micro_batch_size: int = Field(64, ge=1)    # completions per forward/backward (the step's loss spans them all)
     num_generations: int = Field(8, ge=1)      # G: samples per prompt (GRPO group size)
     temperature: float = Field(1.0, gt=0)      # sampling temperature
     top_p: float = Field(1.0, gt=0, le=1)      # nucleus sampling
@@ -152,7 +159,7 @@ class RLStage(Section):
     clip_eps: float = Field(0.2, gt=0)         # PPO/GRPO ratio clip
     scale_rewards: bool = True                 # GRPO: divide advantages by group std (False = Dr. GRPO)
     loss_type: Literal["token", "sequence"] = "token"  # normalise loss per token (DAPO) or per sequence
-    ppo_epochs: int = Field(2, ge=1)           # optimisation passes per rollout batch
+    ppo_epochs: Optional[int] = Field(None, ge=1)  # optimizer steps per rollout batch (1-4); None = 1 for grpo (on-policy), 2 for ppo
     gamma: float = Field(1.0, ge=0, le=1)      # PPO discount
     lam: float = Field(0.95, ge=0, le=1)       # PPO GAE lambda
     vf_coef: float = Field(0.1, ge=0)          # PPO value-loss weight
