@@ -1,0 +1,97 @@
+"""What a training stage calls so that one loop runs under any engine (none, DDP, FSDP, DeepSpeed ZeRO).
+
+The stage builds a plain `accelerate.Accelerator()`: under `accelerate launch` (pipeline/launch.py)
+the launcher's environment already selects the engine from recipes/engines/<engine>.yaml, so the
+stage never names it. Three things differ between engines and live here:
+
+    accelerator = Accelerator(gradient_accumulation_steps=accum)
+    configure_engine(accelerator, micro_batch_size=b, grad_clip=cfg.optim.grad_clip)  # before prepare()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    rows = global_batch[rank_slice(len(global_batch), accelerator)]   # this rank's share of the step
+    ...
+    save_model_gathered(accelerator, model, tokenizer, ctx.out_dir)   # every rank calls it
+
+- DeepSpeed takes the micro-batch size and gradient clipping from its JSON ("auto" there); loops that
+  feed tensors without a DataLoader must say them before `prepare` (configure_engine).
+- Under ZeRO-3 and FSDP no rank holds the whole model: the final HF dir is written from a state dict
+  gathered on rank 0 (accelerator.get_state_dict, a collective), so it loads at any process count.
+  ZeRO-3 gathers the 16-bit compute copy (bf16 when mixed_precision is bf16, fp32 on CPU); DDP and
+  FSDP save the fp32 master weights, so the next stage fine-tunes from full precision.
+- Resumable state (optimizer shards included) goes through accelerator.save_state/load_state, which
+  every rank must call; `save_state`/`load_state` below add the loop's own counters beside it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+
+def is_deepspeed(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def configure_engine(accelerator, micro_batch_size: int, grad_clip: float) -> None:
+    """Fill DeepSpeed's "auto" batch/clip settings (no-op for other engines). Call before prepare().
+
+    Under DeepSpeed the engine clips inside `accelerator.backward` at the step boundary, so the
+    stage's own `accelerator.clip_grad_norm_` only reports the norm; grad_clip 0 turns clipping off.
+    """
+    if not is_deepspeed(accelerator):
+        return
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    accum = accelerator.gradient_accumulation_steps
+    ds["train_micro_batch_size_per_gpu"] = micro_batch_size
+    ds["gradient_accumulation_steps"] = accum
+    ds["train_batch_size"] = micro_batch_size * accum * accelerator.num_processes
+    ds["gradient_clipping"] = float(grad_clip)
+
+
+def rank_slice(global_size: int, accelerator, what: str = "global batch") -> slice:
+    """This rank's contiguous share of `global_size` rows, so N ranks x b rows == 1 rank x N*b rows."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if global_size % world:
+        raise UserError(f"distributed.num_processes: {what} of {global_size} rows does not split evenly "
+                        f"over {world} processes; expected a multiple of {world}")
+    per = global_size // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+def save_model_gathered(accelerator, model, tokenizer, out_dir: str | Path) -> None:
+    """Write a full HF dir (safetensors + tokenizer) on rank 0 from whatever the engine sharded.
+
+    Every rank must call this: gathering the ZeRO-3/FSDP state dict is a collective.
+    """
+    out_dir = Path(out_dir)
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+    accelerator.wait_for_everyone()
+
+
+def save_state(accelerator, ckpt_dir: str | Path, counters: dict) -> None:
+    """Model + optimizer (+ registered objects and RNG) per rank, sharded as the engine keeps them,
+    plus the loop's counters (step, tokens seen, ...) in counters.json written last by rank 0."""
+    ckpt_dir = Path(ckpt_dir)
+    accelerator.save_state(str(ckpt_dir))
+    if accelerator.is_main_process:
+        tmp = ckpt_dir / "counters.json.tmp"
+        tmp.write_text(json.dumps(counters))
+        tmp.replace(ckpt_dir / "counters.json")
+    accelerator.wait_for_everyone()
+
+
+def load_state(accelerator, ckpt_dir: str | Path) -> dict | None:
+    """Restore a checkpoint written by save_state (same engine and process count); None if absent/partial."""
+    ckpt_dir = Path(ckpt_dir)
+    counters = ckpt_dir / "counters.json"
+    if not counters.is_file():
+        return None
+    accelerator.load_state(str(ckpt_dir))
+    return json.loads(counters.read_text())
