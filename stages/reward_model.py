@@ -1,0 +1,289 @@
+"""The `rm` stage: a reward model trained on K-way rankings of rollouts, as in InstructGPT (Ouyang et al. 2022).
+
+    lifecycle run recipes/tiny.yaml --stages rm        # = make rm (rollouts first, resumable)
+
+Steps: (1) K rollouts per prompt from the SFT policy (stages/rollout.py) into runs/<name>/rollouts.jsonl;
+(2) rankings from the sources `rm.rankers` mixes (verifier, judge, human; reward/ranking.py), plus any
+chosen/rejected datasets as K=2; (3) AutoModelForSequenceClassification(num_labels=1) initialised from
+the SFT checkpoint with its tokenizer; (4) per prompt, all C(K,2) ranked pairs in one batch element:
+loss = -mean log sigmoid(r_w - r_l), with ONE forward pass per completion (K per prompt, every pair's
+margin taken from those K scalars); (5) centring: the mean reward of reference answers is stored as
+config.reward_offset and subtracted by reward/model_scorer.py; (6) held-out pairwise and top-1 accuracy
+per family, agreement with the verifier's gold ranking, a reward histogram (reward_hist.png).
+
+Departures: InstructGPT centred on labeler demonstrations; we use the tasks' reference answers (else the
+best-ranked completions). HF's score head has no bias, so the shift lives in config.json, not the weights.
+Ties (equal ranks) give no pair. Our own loop on accelerate, as TRL's RewardTrainer takes pairs only.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import UserError
+from reward.model_scorer import reward_logits, rm_input_ids
+from reward.ranking import Ranked, collect_rankings, load_pairs, ranking_pairs
+from stages.losses import kway_ranking_loss
+
+
+@dataclass
+class Example:
+    seqs: list[list[int]]     # one token-id sequence (prompt + completion) per completion
+    ranks: list[int]          # 0 = best, equal = tie
+    family: str
+    gold: list[int] | None    # verifier tiers, higher = better
+    source: str
+
+
+# ---------------------------------------------------------------- model + tokenizer
+def load_reward_model(model_dir: str, device):
+    """The SFT checkpoint as a sequence classifier (num_labels=1) and its tokenizer, checked to match."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    from stages.tokenizer import END
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"rm: no tokenizer in '{model_dir}' (the RM shares the SFT model's tokenizer): {exc}") from None
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "score.weight newly initialised" is expected: the head is new
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise UserError(f"rm: tokenizer of '{model_dir}' has {len(tokenizer)} tokens but the model embeds {rows}; "
+                        "the RM must share the SFT model's tokenizer")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        want, got = getattr(model.config, name, None), getattr(tokenizer, name)
+        if want is not None and got is not None and want != got:
+            raise UserError(f"rm: tokenizer of '{model_dir}' has {name}={got} but the model was trained with {want}; "
+                            "the RM must share the SFT model's tokenizer")
+    if END not in tokenizer.get_vocab() or tokenizer.pad_token_id is None:
+        raise UserError(f"rm: tokenizer of '{model_dir}' lacks the chat tokens ({END}, pad); init the RM from a "
+                        "model trained with this project's tokenizer (or one passed through ensure_chat_tokens)")
+    model.config.pad_token_id = tokenizer.pad_token_id  # the head reads each sequence's last non-pad token
+    return model.to(device), tokenizer
+
+
+def encode(ranked: list[Ranked], tokenizer, max_length: int) -> list[Example]:
+    from stages.data.chat import render_text
+    out = []
+    for r in ranked:
+        prompt = render_text(tokenizer, r.prompt_messages, add_generation_prompt=True) if r.prompt_messages else ""
+        out.append(Example([rm_input_ids(tokenizer, prompt, c, max_length) for c in r.completions], r.ranks,
+                           r.family, r.gold, r.source))
+    return out
+
+
+def is_test(prompt_id: str, fraction: float) -> bool:
+    digest = hashlib.sha256(prompt_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+# ---------------------------------------------------------------- batches and the loop
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """B prompts with up to K completions -> N = sum K sequences (one forward each) + (B, K) ranks."""
+    k = max(len(e.seqs) for e in examples)
+    seqs = [s for e in examples for s in e.seqs]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)       # (N, T) right-padded
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)         # (N, T)
+    for i, s in enumerate(seqs):
+        input_ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[i, :len(s)] = 1
+    ranks = torch.full((len(examples), k), -1, dtype=torch.long)               # (B, K), -1 = no completion
+    slots = []                                                                  # (N,) position in the (B*K) grid
+    for b, e in enumerate(examples):
+        ranks[b, :len(e.ranks)] = torch.tensor(e.ranks, dtype=torch.long)
+        slots += [b * k + j for j in range(len(e.seqs))]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks,
+            "slots": torch.tensor(slots, dtype=torch.long)}
+
+
+def ranking_loss_step(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass over every completion of the batch, then the K-way loss on the (B, K) grid."""
+    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]  # (N,)
+    b, k = batch["ranks"].shape
+    grid = rewards.new_zeros(b * k).scatter(0, batch["slots"], rewards).view(b, k)                   # (B, K)
+    return kway_ranking_loss(grid, batch["ranks"])
+
+
+def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) -> float:
+    from torch.utils.data import DataLoader
+    from stages.optim import make_optimizer, make_scheduler
+    examples = [e for e in examples if ranking_pairs(e.ranks)]  # all-tied prompts carry no signal
+    if not examples:
+        raise UserError("rm: no training prompt has two differently ranked completions (all ties); "
+                        "more prompts, a higher rm.temperature, or rm.tie_break: shorter")
+    gen = torch.Generator().manual_seed(ctx.seed)
+    loader = DataLoader(examples, batch_size=cfg.prompts_per_batch, shuffle=True, generator=gen,
+                        collate_fn=lambda b: collate(b, pad_id))
+    optimizer = make_optimizer(model, cfg.optim, accelerator.device.type)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    total = cfg.epochs * len(loader)
+    scheduler = make_scheduler(optimizer, cfg.optim, total)  # stepped by us once per step (not prepared)
+    every = max(1, total // 100)
+    step, loss_value = 0, float("nan")
+    model.train()
+    for _ in range(cfg.epochs):
+        for batch in loader:
+            loss, acc = ranking_loss_step(model, batch)
+            accelerator.backward(loss)
+            if cfg.optim.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = loss.item()
+            if step % every == 0 or step == total:
+                ctx.tracker.log({"train/loss": loss_value, "train/pair_acc": acc.item(),
+                                 "train/lr": scheduler.get_last_lr()[0]}, step=step, total=total)
+    return loss_value
+
+
+# ---------------------------------------------------------------- eval
+def score_examples(model, examples: list[Example], pad_id: int, device, offset: float = 0.0) -> list[torch.Tensor]:
+    flat = [s for e in examples for s in e.seqs]
+    scores = reward_logits(model, flat, pad_id, 32, device) - offset if flat else torch.empty(0)
+    out, pos = [], 0
+    for e in examples:
+        out.append(scores[pos:pos + len(e.seqs)])
+        pos += len(e.seqs)
+    return out
+
+
+def ranking_metrics(examples: list[Example], rewards: list[torch.Tensor]) -> dict[str, float]:
+    """Pairwise/top-1 accuracy against the training ranking and against the gold (verifier) ranking."""
+    tally: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        tally.setdefault(key, []).append(value)
+
+    for e, r in zip(examples, rewards):
+        for prefix, ranks in (("", e.ranks), ("gold_", [-t for t in e.gold] if e.gold else None)):
+            pairs = ranking_pairs([x - min(ranks) for x in ranks]) if ranks else []
+            if not pairs:
+                continue
+            for w, l in pairs:
+                hit = float(r[w] > r[l])
+                add(f"eval/{prefix}pairwise_acc", hit)
+                add(f"eval/{prefix}pairwise_acc/{e.family}", hit)
+            best = [i for i, x in enumerate(ranks) if x == min(ranks)]
+            add(f"eval/{prefix}top1_acc", float(int(r.argmax()) in best))
+            add(f"eval/{prefix}top1_chance", len(best) / len(ranks))
+    metrics = {key: sum(v) / len(v) for key, v in tally.items()}
+    for prefix in ("", "gold_"):
+        metrics[f"eval/{prefix}n_pairs"] = float(len(tally.get(f"eval/{prefix}pairwise_acc", [])))
+        for key, v in tally.items():
+            if key.startswith(f"eval/{prefix}pairwise_acc/"):
+                metrics[f"eval/{prefix}n_pairs/{key.rsplit('/', 1)[1]}"] = float(len(v))
+    metrics["eval/chance"] = 0.5  # a random scorer orders a strict pair right half the time
+    return metrics
+
+
+def plot_histogram(examples: list[Example], rewards: list[torch.Tensor], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = {3: "correct, well formed", 2: "correct, malformed", 1: "wrong, well formed", 0: "wrong, malformed"}
+    groups: dict[str, list[float]] = {}
+    for e, r in zip(examples, rewards):
+        labels = [names[t] for t in e.gold] if e.gold else [f"rank {x}" for x in e.ranks]
+        for label, value in zip(labels, r.tolist()):
+            groups.setdefault(label, []).append(value)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label in sorted(groups):
+        ax.hist(groups[label], bins=30, alpha=0.6, label=f"{label} (n={len(groups[label])})")
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set(xlabel="reward (centred: reference answers average 0)", ylabel="completions",
+           title="Held-out rewards by verifier tier")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the stage
+def gather_rankings(recipe, model_dir: str, ctx, accelerator) -> list[Ranked]:
+    from stages.rollout import read_rollouts, rollouts_for_recipe
+    cfg = recipe.rm
+    rollouts, path = [], ctx.run_dir / "rollouts.jsonl"
+    if {"verifier", "judge"} & set(cfg.rankers):
+        if accelerator.is_main_process:
+            rollouts = rollouts_for_recipe(recipe, model_dir, path, str(accelerator.device), log=ctx.log)
+        accelerator.wait_for_everyone()
+        rollouts = rollouts or read_rollouts(path)[:cfg.num_prompts]
+    elif path.is_file():
+        rollouts = read_rollouts(path)  # lets human rankings recover families and answers
+    ranked = collect_rankings(cfg, rollouts, str(accelerator.device), log=ctx.log)
+    for spec in cfg.pairs_datasets:
+        part = load_pairs(spec, cfg.pairs_max_examples)
+        ctx.log(f"rankings: {len(part)} chosen/rejected pairs from {spec}")
+        ranked += part
+    if not ranked:
+        raise UserError("rm.rankers / rm.pairs_datasets: no ranked prompts to train on")
+    return ranked
+
+
+def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
+    from accelerate import Accelerator
+    from stages.model import save_model
+    from stages.rollout import tokenizer_hash
+    cfg = recipe.rm
+    accelerator = Accelerator(cpu=ctx.device == "cpu", mixed_precision=recipe.distributed_for("rm").mixed_precision)
+    ranked = gather_rankings(recipe, inputs["model"], ctx, accelerator)
+
+    model, tokenizer = load_reward_model(inputs["model"], accelerator.device)
+    ours = tokenizer_hash(tokenizer)
+    if ctx.run_dir and (ctx.run_dir / "rollouts.jsonl").is_file():
+        from stages.rollout import read_rollouts
+        other = {r.get("tokenizer") for r in read_rollouts(ctx.run_dir / "rollouts.jsonl")} - {None, ours}
+        if other and {"verifier", "judge"} & set(cfg.rankers):
+            raise UserError(f"rm: rollouts.jsonl was sampled with another tokenizer ({other.pop()}) than the RM's "
+                            f"({ours}); the RM must share the policy's tokenizer")
+    test_mask = [is_test(r.prompt_id, cfg.test_fraction) for r in ranked]
+    train_ranked = [r for r, t in zip(ranked, test_mask) if not t]
+    test_ranked = [r for r, t in zip(ranked, test_mask) if t]
+    train_ex, test_ex = encode(train_ranked, tokenizer, cfg.max_length), encode(test_ranked, tokenizer, cfg.max_length)
+    ctx.log(f"train {len(train_ex)} prompts / {sum(len(ranking_pairs(e.ranks)) for e in train_ex)} pairs, "
+            f"held out {len(test_ex)} prompts")
+    final_loss = train(model, train_ex, cfg, ctx, accelerator, tokenizer.pad_token_id)
+
+    model = accelerator.unwrap_model(model).eval()
+    metrics: dict[str, float] = {"train/final_loss": final_loss}
+    if accelerator.is_main_process:
+        metrics.update(centre_and_evaluate(model, tokenizer, train_ranked, test_ex, cfg, ctx, accelerator.device))
+        save_model(model, tokenizer, ctx.out_dir)
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def centre_and_evaluate(model, tokenizer, train_ranked: list[Ranked], test_ex: list[Example], cfg, ctx, device):
+    """Set config.reward_offset from reference answers, then held-out metrics, histogram and samples."""
+    refs = [Ranked(r.prompt_id, r.family, r.prompt_messages, [r.reference], [0], "reference")
+            for r in train_ranked if r.reference]
+    if not refs:  # no task references (human or pairs data): centre on the best-ranked completions
+        refs = [Ranked(r.prompt_id, r.family, r.prompt_messages, [r.completions[r.ranks.index(min(r.ranks))]], [0], "")
+                for r in train_ranked]
+    refs = random.Random(0).sample(refs, min(len(refs), 512))
+    ref_ex = encode(refs, tokenizer, cfg.max_length)
+    offset = float(torch.cat(score_examples(model, ref_ex, tokenizer.pad_token_id, device)).mean())
+    model.config.reward_offset = offset
+    rewards = score_examples(model, test_ex, tokenizer.pad_token_id, device, offset)
+    metrics = {"eval/reward_offset": offset, "eval/n_prompts": float(len(test_ex))}
+    if test_ex:
+        metrics.update(ranking_metrics(test_ex, rewards))
+        plot_histogram(test_ex, rewards, ctx.out_dir / "reward_hist.png")
+        rows = [[e.family, tokenizer.decode(e.seqs[i][-80:]), round(float(r[i]), 3), e.ranks[i],
+                 e.gold[i] if e.gold else None] for e, r in list(zip(test_ex, rewards))[:10] for i in range(len(e.seqs))]
+        ctx.tracker.table("eval/rm_samples", ["family", "completion_tail", "reward", "rank", "gold_tier"], rows)
+    ctx.log("eval: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "/" not in k[5:] and math.isfinite(v)))
+    return metrics

@@ -1,0 +1,200 @@
+"""Rollouts: K sampled completions per prompt from a policy (for ranking and the reward model), and the
+tensor helpers RL and RM share (padding completions, completion masks, per-token log-probs).
+
+    lifecycle rollouts recipes/tiny.yaml          # -> runs/tiny/rollouts.jsonl (also the first part of `make rm`)
+
+One JSON line per prompt: {"id", "family", "prompt_messages", "answer", "meta", "reference" (the task's own
+answer, used to centre the reward model), "completions": [{"text", "finished", "n_tokens", "n_tool_tokens"}],
+"sampling": {k, temperature, top_p, max_new_tokens, seed}, "policy": fingerprint, "tokenizer": vocab hash}.
+Prompts are generated in fixed chunks, each with its own seed, and appended (fsynced) chunk by chunk, so a
+killed run resumes where it stopped and produces the same file. A file from another policy or other
+sampling settings is moved aside (rollouts.<old policy>.jsonl), never mixed in.
+Sampling is batched with a KV cache and the calculator tool live (stages.generation.generate).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import UserError
+
+CHUNK_PROMPTS = 16  # prompts per generate() call and per resume unit
+
+
+# ---------------------------------------------------------------- identities
+def policy_fingerprint(model_dir: str | Path) -> str:
+    """The policy's identity: the producing stage's manifest fingerprint + run id, else config and weights."""
+    model_dir = Path(model_dir)
+    manifest = model_dir / "manifest.json"
+    h = hashlib.sha256()
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        h.update(f"{m.get('fingerprint')}:{m.get('run_id')}".encode())
+    elif model_dir.is_dir():
+        for f in sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors")):
+            h.update(f.name.encode() + str(f.stat().st_size).encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 20))
+    else:
+        h.update(str(model_dir).encode())  # a hub id
+    return h.hexdigest()[:16]
+
+
+def tokenizer_hash(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def prompt_id(index: int, family: str, messages: list[dict]) -> str:
+    digest = hashlib.sha256(json.dumps([family, messages]).encode()).hexdigest()[:8]
+    return f"{index:05d}-{digest}"
+
+
+# ---------------------------------------------------------------- prompts
+def rollout_tasks(families: list[str], num_prompts: int, seed: int) -> list:
+    """num_prompts training-split tasks, families interleaved (so any prefix or hash split mixes them).
+
+    Drawn with seed+1, so they are mostly other prompts than SFT's (which uses the recipe seed)."""
+    from stages.data.tasks import FAMILIES, make_tasks
+    families = list(families) or list(FAMILIES)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise UserError(f"rm.families: unknown family {unknown[0]!r}; expected some of {', '.join(FAMILIES)}")
+    per = -(-num_prompts // len(families))
+    pools = [make_tasks(f, per, seed + 1, "train") for f in families]
+    return [pools[i % len(families)][i // len(families)] for i in range(num_prompts)]
+
+
+# ---------------------------------------------------------------- the rollouts file
+def read_rollouts(path: str | Path) -> list[dict]:
+    """Complete records of a rollouts file (a partial last line from a kill is ignored)."""
+    out = []
+    path = Path(path)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def _reusable(path: Path, policy: str, sampling: dict, expected_ids: list[str]) -> list[dict]:
+    """The records of `path` this run can keep: same policy and sampling, the same prompts in order, whole
+    chunks only (a kill mid-chunk leaves some of its lines; the chunk is redone, not duplicated)."""
+    done = read_rollouts(path)
+    if done and any(r.get("policy") != policy or r.get("sampling") != sampling for r in done):
+        path.rename(path.with_name(f"{path.stem}.{done[0].get('policy', 'old')}.jsonl"))
+        return []
+    keep = 0
+    while keep < min(len(done), len(expected_ids)) and done[keep].get("id") == expected_ids[keep]:
+        keep += 1
+    if keep < len(expected_ids):
+        keep -= keep % CHUNK_PROMPTS
+    if keep != len(done) or (path.is_file() and not path.read_bytes().endswith(b"\n")):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in done[:keep]))
+        tmp.replace(path)
+    return done[:keep]
+
+
+def make_rollouts(model, tokenizer, tasks: list, path: str | Path, *, k: int, temperature: float, top_p: float,
+                  max_new_tokens: int, seed: int, policy: str, log=print) -> list[dict]:
+    """Sample k completions for each task's prompt into `path` (resuming a partial file); all records."""
+    from stages.data.chat import render_prompt
+    from stages.generation import generate
+    from stages.tokenizer import END
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sampling = {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
+    ids = [prompt_id(i, t.family, t.prompt_messages()) for i, t in enumerate(tasks)]
+    records = _reusable(path, policy, sampling, ids)
+    vocab_hash = tokenizer_hash(tokenizer)
+    n_chunks = -(-len(tasks) // CHUNK_PROMPTS)
+    first = n_chunks if len(records) >= len(tasks) else len(records) // CHUNK_PROMPTS
+    for c in range(first, n_chunks):
+        chunk = list(enumerate(tasks))[c * CHUNK_PROMPTS:(c + 1) * CHUNK_PROMPTS]
+        prompts = [render_prompt(tokenizer, t.prompt_messages()) for _, t in chunk]
+        groups = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_p=top_p, num_samples=k, use_tools=True, seed=seed * 1000 + c,
+                          batch_size=CHUNK_PROMPTS * k)
+        lines = []
+        for (i, task), group in zip(chunk, groups):
+            messages = task.prompt_messages()
+            lines.append({"id": ids[i], "family": task.family,
+                          "prompt_messages": messages, "answer": task.answer, "meta": task.meta,
+                          "reference": task.messages[-1]["content"] + END,
+                          "completions": [{"text": g.text, "finished": g.finished, "n_tokens": len(g.completion_ids),
+                                           "n_tool_tokens": sum(g.tool_mask)} for g in group],
+                          "sampling": sampling, "policy": policy, "tokenizer": vocab_hash})
+        with open(path, "a") as fh:
+            fh.write("".join(json.dumps(r) + "\n" for r in lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+        records += lines
+        log(f"rollouts: {len(records)}/{len(tasks)} prompts x {k} completions -> {path}")
+    return records
+
+
+def rollouts_for_recipe(recipe, model_dir: str | Path, path: str | Path, device: str, log=print) -> list[dict]:
+    """The recipe's rollouts from the policy in model_dir (generated or resumed)."""
+    from stages.model import load_causal_lm
+    cfg = recipe.rm
+    model, tokenizer = load_causal_lm(model_dir, device=device)
+    tasks = rollout_tasks(cfg.families, cfg.num_prompts, recipe.seed)
+    records = make_rollouts(model, tokenizer, tasks, path, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens, seed=recipe.seed, policy=policy_fingerprint(model_dir),
+                            log=log)
+    del model
+    return records
+
+
+def rollouts_cli(args) -> int:
+    from pipeline.recipe import load_recipe
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = Path(recipe.output_dir) / recipe.name
+    model_dir = recipe.rm.from_ or str(run_dir / "sft")
+    if not recipe.rm.from_ and not (run_dir / "sft" / "manifest.json").is_file():
+        raise UserError(f"rollouts: no SFT model at {run_dir / 'sft'}; run `lifecycle run {args.recipe} --stages sft`"
+                        " or set rm.from")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    records = rollouts_for_recipe(recipe, model_dir, run_dir / "rollouts.jsonl", device)
+    print(f"{len(records)} prompts x {recipe.rm.k} completions in {run_dir / 'rollouts.jsonl'}")
+    return 0
+
+
+# ---------------------------------------------------------------- tensors shared by RL and RM
+def collate_completions(completions, pad_id: int) -> dict[str, torch.Tensor]:
+    """Completions (stages.generation.Completion) -> right-padded prompt+completion tensors.
+
+    input_ids, attention_mask, completion_mask: (N, L), aligned; completion_mask is 1 on tokens the policy
+    sampled (not the prompt, not padding, not tool output)."""
+    seqs = [list(c.prompt_ids) + list(c.completion_ids) for c in completions]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)   # (N, L)
+    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)    # (N, L)
+    completion_mask = torch.zeros((len(seqs), width), dtype=torch.long)   # (N, L)
+    for i, (c, s) in enumerate(zip(completions, seqs)):
+        p, t = len(c.prompt_ids), len(c.completion_ids)
+        input_ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[i, :len(s)] = 1
+        completion_mask[i, p:p + t] = 1 - torch.tensor(c.tool_mask, dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def per_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for every position, (N, L) aligned with input_ids; 0 where completion_mask is 0.
+
+    Works with left or right padding (positions count real tokens only). Grad flows if enabled."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                        # (N, L)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits[:, :-1, :].float() / temperature              # (N, L-1, V): predicts t+1
+    targets = input_ids[:, 1:]                                                          # (N, L-1)
+    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N, L-1)
+    logps = torch.cat([logps.new_zeros((logps.size(0), 1)), logps], dim=1)              # (N, L): position 0 has none
+    return logps * completion_mask.to(logps.dtype)

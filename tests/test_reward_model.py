@@ -1,0 +1,134 @@
+"""The rm stage: the K-way loss by hand, K forward passes per prompt, training, centring, the saved dir."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from stages.losses import kway_ranking_loss
+
+
+def sig_loss(d: float) -> float:
+    return -math.log(1 / (1 + math.exp(-d)))
+
+
+def test_kway_loss_is_the_mean_over_all_pairs_by_hand():
+    rewards = torch.tensor([[1.0, 0.5, -1.0]])
+    loss, acc = kway_ranking_loss(rewards, torch.tensor([[0, 1, 2]]))
+    want = (sig_loss(1.0 - 0.5) + sig_loss(1.0 + 1.0) + sig_loss(0.5 + 1.0)) / 3   # C(3,2) = 3 pairs
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert acc.item() == 1.0
+    # order best..worst given as ranks: completion 2 best, then 0, then 1
+    loss, acc = kway_ranking_loss(rewards, torch.tensor([[1, 2, 0]]))
+    want = (sig_loss(-1.0 - 1.0) + sig_loss(-1.0 - 0.5) + sig_loss(1.0 - 0.5)) / 3
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert acc.item() == pytest.approx(1 / 3)
+
+
+def test_kway_loss_ties_padding_and_per_prompt_weighting():
+    rewards = torch.tensor([[2.0, 0.0, 1.0], [0.3, -0.2, 9.0]])
+    ranks = torch.tensor([[0, 1, 1], [0, 1, -1]])          # a tie (no pair); a K=2 prompt padded to 3
+    loss, _ = kway_ranking_loss(rewards, ranks)
+    first = (sig_loss(2.0 - 0.0) + sig_loss(2.0 - 1.0)) / 2
+    second = sig_loss(0.3 + 0.2)
+    assert loss.item() == pytest.approx((first + second) / 2, rel=1e-6)   # each prompt weighs the same
+    all_tied, _ = kway_ranking_loss(rewards, torch.zeros_like(ranks))
+    assert all_tied.item() == 0.0
+
+
+def _seq_model(tiny_model_cfg, tiny_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+    from stages.model import build_config
+    torch.manual_seed(0)
+    config = build_config(tiny_model_cfg, tiny_tokenizer)
+    config.num_labels = 1
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def test_one_forward_per_completion_not_per_pair(tiny_model_cfg, tiny_tokenizer):
+    from stages.reward_model import Example, collate, ranking_loss_step
+    model = _seq_model(tiny_model_cfg, tiny_tokenizer)
+    seqs = [[5, 6, 7, 8], [5, 6, 9], [5, 10, 11, 12, 13]]
+    examples = [Example(seqs, [0, 1, 2], "f", None, "t"), Example(seqs[:2], [1, 0], "f", None, "t")]
+    rows, calls = [], []
+
+    def count(module, args, kwargs, out):
+        calls.append(1)
+        rows.append(kwargs["input_ids"].shape[0])
+
+    handle = model.register_forward_hook(count, with_kwargs=True)
+    loss, _ = ranking_loss_step(model, collate(examples, tiny_tokenizer.pad_token_id))
+    handle.remove()
+    assert calls == [1] and rows == [3 + 2]              # K per prompt: 5 sequences, not 2*C(3,2) + 2*C(2,2) = 8
+    with torch.no_grad():                                 # the same loss from each sequence scored alone
+        r = [model(input_ids=torch.tensor([s])).logits[0, 0].item() for s in seqs]
+    want = ((sig_loss(r[0] - r[1]) + sig_loss(r[0] - r[2]) + sig_loss(r[1] - r[2])) / 3 + sig_loss(r[1] - r[0])) / 2
+    assert loss.item() == pytest.approx(want, rel=1e-4)
+
+
+def _human_log(path, n_prompts: int):
+    """Rankings with a learnable order: a finished 'Answer:' line > an unfinished one > rambling."""
+    with open(path, "w") as fh:
+        for p in range(n_prompts):
+            a, b = p % 7 + 1, p % 5 + 2
+            texts = [f"{a} plus {b} is {a + b}.\nAnswer: {a + b}<|end|>", f"the the {a} {b}", f"{a}+{b}\nAnswer: {a + b}"]
+            fh.write(json.dumps({"event": "rank", "id": f"s{p}", "prompt_id": f"q{p}", "order": [0, 2, 1],
+                                 "family": "arithmetic", "completions": texts,
+                                 "prompt_messages": [{"role": "user", "content": f"What is {a} + {b}?"}]}) + "\n")
+
+
+def test_rm_stage_trains_centres_and_saves_a_loadable_dir(tmp_path, tiny_model, tiny_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+    from pipeline.context import StageContext
+    from pipeline.schema import Recipe
+    from pipeline.tracking import Tracker
+    from reward.model_scorer import load_reward_fn
+    from stages.model import save_model
+    from stages.reward_model import run
+    sft = tmp_path / "sft"
+    save_model(tiny_model, tiny_tokenizer, sft)
+    _human_log(tmp_path / "rankings.jsonl", 40)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Say {i}", "chosen": f"Answer: {i}", "rejected": "no"}) + "\n"
+                             for i in range(10)))
+    recipe = Recipe(name="t", rm={"rankers": ["human"], "rankings_file": str(tmp_path / "rankings.jsonl"),
+                                  "pairs_datasets": [str(pairs)], "epochs": 6, "prompts_per_batch": 4,
+                                  "optim": {"lr": 3e-3, "warmup_steps": 2}, "test_fraction": 0.25})
+    out = tmp_path / "rm"
+    ctx = StageContext("rm", out, tmp_path, 0, Tracker("rm", out, tmp_path, "t", {}, None, echo=False))
+    metrics = run(recipe, {"model": str(sft)}, ctx)
+    for key in ("eval/pairwise_acc", "eval/top1_acc", "eval/chance", "eval/n_pairs", "eval/reward_offset",
+                "eval/pairwise_acc/arithmetic"):
+        assert key in metrics
+    assert metrics["eval/n_pairs"] > 0 and metrics["eval/chance"] == 0.5
+    assert metrics["eval/pairwise_acc"] > 0.8                # the surface order is easy to learn
+    assert (out / "reward_hist.png").stat().st_size > 1000
+    losses = [json.loads(x)["train/loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
+              if "train/loss" in x]
+    assert losses[-1] < losses[0]
+    raw = AutoModelForSequenceClassification.from_pretrained(out)
+    assert raw.config.num_labels == 1 and raw.config.pad_token_id == tiny_tokenizer.pad_token_id
+    rm = load_reward_fn(out)
+    prompt = "<|bos|><|user|>What is 3 + 4?<|end|><|assistant|>"
+    good, bad = rm([prompt, prompt], ["3 plus 4 is 7.\nAnswer: 7<|end|>", "the the 3 4"])
+    assert good > bad
+    ids = tiny_tokenizer(prompt + "the the 3 4", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logit = raw(input_ids=torch.tensor([ids])).logits[0, 0].item()
+    assert bad == pytest.approx(logit - raw.config.reward_offset, abs=1e-4)   # centring lives in the config
+
+
+def test_tokenizer_mismatch_is_a_user_error(tmp_path, tiny_model, tiny_tokenizer):
+    from pipeline.errors import UserError
+    from stages.model import save_model
+    from stages.reward_model import load_reward_model
+    from stages.tokenizer import train_bpe
+    save_model(tiny_model, tiny_tokenizer, tmp_path / "m")
+    from tests.conftest import TRAIN_TEXT
+    other = train_bpe(TRAIN_TEXT, vocab_size=330)          # same special tokens, other ids
+    assert other.eos_token_id != tiny_tokenizer.eos_token_id
+    other.save_pretrained(tmp_path / "m")
+    with pytest.raises(UserError, match="share the SFT model's tokenizer"):
+        load_reward_model(str(tmp_path / "m"), "cpu")
