@@ -27,7 +27,8 @@ CHUNK_PROMPTS = 16  # prompts per generate() call and per resume unit
 
 # ---------------------------------------------------------------- identities
 def policy_fingerprint(model_dir: str | Path) -> str:
-    """The policy's identity: the producing stage's manifest fingerprint + run id, else config and weights."""
+    """The policy's identity: the producing stage's manifest fingerprint + run id, else the files' names, sizes,
+    mtimes and first MiB (cheap for big models; a copied dir counts as new, which only costs a resample)."""
     model_dir = Path(model_dir)
     manifest = model_dir / "manifest.json"
     h = hashlib.sha256()
@@ -36,7 +37,7 @@ def policy_fingerprint(model_dir: str | Path) -> str:
         h.update(f"{m.get('fingerprint')}:{m.get('run_id')}".encode())
     elif model_dir.is_dir():
         for f in sorted(model_dir.glob("*.json")) + sorted(model_dir.glob("*.safetensors")):
-            h.update(f.name.encode() + str(f.stat().st_size).encode())
+            h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
             with open(f, "rb") as fh:
                 h.update(fh.read(1 << 20))
     else:
