@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-node", type=int, required=True)
     p.add_argument("--out", type=Path, default=None, help="script dir (default: runs/<name>/slurm)")
     p.add_argument("--stages", default=None)
+    p.add_argument("--partition", default=None, help="#SBATCH --partition")
+    p.add_argument("--time", default=None, help="#SBATCH --time, e.g. 12:00:00")
+    p.add_argument("--account", default=None, help="#SBATCH --account")
+    p.add_argument("--setup", default=None, help="shell line run first in every job, e.g. 'module load cuda'")
     return parser
 
 

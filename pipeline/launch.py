@@ -68,20 +68,22 @@ def engine_args(dist: Distributed) -> list[str]:
 
 
 def accelerate_command(dist: Distributed, entry: str, stage_dir: Path, run_dir: Path, stage: str,
-                       machine_rank: str | None = None) -> list[str]:
+                       machine_rank: str | None = None, main_ip: str | None = None,
+                       port: str | None = None) -> list[str]:
     """`python -m accelerate.commands.launch ... -m pipeline.worker ...` for one machine.
 
     Multi-node: every machine runs this same command with its own --machine_rank (machine_rank arg,
-    else $MACHINE_RANK, else $SLURM_NODEID); the rank-0 host comes from distributed.main_process_ip,
-    else $MAIN_PROCESS_IP (pipeline/slurm.py exports it from the job's first node).
+    else $MACHINE_RANK, else $SLURM_NODEID); the rank-0 host comes from main_ip, else
+    distributed.main_process_ip, else $MAIN_PROCESS_IP (pipeline/slurm.py exports it from the job's
+    first node); the port from port, else $MAIN_PROCESS_PORT, else distributed.main_process_port.
     """
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *engine_args(dist)]
-    port = os.environ.get("MAIN_PROCESS_PORT", str(dist.main_process_port))
+    port = port or os.environ.get("MAIN_PROCESS_PORT", str(dist.main_process_port))
     cmd += ["--num_processes", str(dist.num_processes), "--num_machines", str(dist.num_machines),
             "--main_process_port", port, "--mixed_precision", dist.mixed_precision]
     if dist.num_machines > 1:
         rank = machine_rank or os.environ.get("MACHINE_RANK") or os.environ.get("SLURM_NODEID", "0")
-        ip = dist.main_process_ip or os.environ.get("MAIN_PROCESS_IP", "127.0.0.1")
+        ip = main_ip or dist.main_process_ip or os.environ.get("MAIN_PROCESS_IP", "127.0.0.1")
         cmd += ["--machine_rank", rank, "--main_process_ip", ip, "--same_network"]
     cmd += ["-m", "pipeline.worker", "--entry", entry, "--stage", stage, "--stage-dir", str(stage_dir),
             "--run-dir", str(run_dir)]
