@@ -83,7 +83,7 @@ def _encode_chunk(task: tuple[str, int, list[str]]) -> tuple[str, int, np.ndarra
     return split, end_index, np.concatenate(parts), byte_pair_counts(docs)
 
 
-def _chunks(documents, done: dict[str, int]):
+def _chunks(documents, done: dict[str, int], chunk_chars: int):
     """Group (is_val, doc) into per-split tasks, skipping documents already in finished shards."""
     pending = {"train": [], "val": []}
     size = {"train": 0, "val": 0}
@@ -93,7 +93,7 @@ def _chunks(documents, done: dict[str, int]):
             continue
         pending[split].append(doc)
         size[split] += len(doc)
-        if size[split] >= CHUNK_CHARS:
+        if size[split] >= chunk_chars:
             yield split, index + 1, pending[split]
             pending[split], size[split] = [], 0
     for split in ("train", "val"):
@@ -145,12 +145,14 @@ def build_shards(data_cfg, seed: int, tokenizer, cache_root: Path, log: Callable
         np.save(out / name.replace(".bin", ".pairs.npy"), pairs[split])
         docs = int((tokens == tokenizer.bos_token_id).sum())
         state[split]["shards"].append({"file": name, "tokens": int(tokens.size), "documents": docs,
-                                       "bytes": int(pairs[split].sum())})
+                                       "bytes": int(pairs[split].sum()), "next": end_index})
         state[split]["next"] = end_index
         buffers[split], pairs[split] = [], np.zeros((257, 256), np.int64)
         _write_json(progress_path, state)
 
-    tasks = _chunks(iter_split(data_cfg, seed), {s: state[s]["next"] for s in ("train", "val")})
+    # a task holds at most about a shard's worth of text (a token is at least one character)
+    tasks = _chunks(iter_split(data_cfg, seed), {s: state[s]["next"] for s in ("train", "val")},
+                    min(CHUNK_CHARS, data_cfg.shard_tokens))
     last_end = {"train": state["train"]["next"], "val": state["val"]["next"]}
     for split, end_index, ids, counts in _run_tasks(tasks, tokenizer, workers, progress_bar):
         buffers[split].append(ids)
