@@ -23,7 +23,7 @@ _RESULT_SPAN = re.compile(re.escape(RESULT) + r".*?(?:" + re.escape(END_RESULT) 
 
 
 def check_roles(messages: list[dict]) -> str | None:
-    """None if the conversation is well ordered, else what is wrong.
+    """None if the conversation is well ordered, else "kind: detail" saying what is wrong.
 
     Expected: an optional leading system turn, then user/assistant alternating, starting with user."""
     if not messages:
@@ -31,9 +31,9 @@ def check_roles(messages: list[dict]) -> str | None:
     roles = [m.get("role") for m in messages]
     for i, role in enumerate(roles):
         if role not in ROLES:
-            return f"unknown role {role!r} (expected one of {', '.join(ROLES)})"
+            return f"unknown role: {role!r} (expected one of {', '.join(ROLES)})"
         if not isinstance(messages[i].get("content"), str) or not messages[i]["content"].strip():
-            return f"empty content in turn {i} ({role})"
+            return f"empty content: turn {i} ({role})"
     body = roles[1:] if roles[0] == "system" else roles
     if not body:
         return "only a system turn"

@@ -2,14 +2,16 @@
 column from the ones digit before the final answer ("models need tokens to think": each line does one
 digit's worth of work, so a small model never has to produce a multi-digit sum in one token).
 
-    347 + 85, column by column from the right:
-    7 + 5 + 0 = 12: write 2, carry 1.
-    4 + 8 + 1 = 13: write 3, carry 1.
-    3 + 0 + 1 = 4: write 4.
+    347+85:
+    7+5+0=12, write 2 carry 1
+    4+8+1=13, write 3 carry 1
+    3+0+1=4, write 4
     Answer: 432
 
-Subtraction keeps the result non-negative; a column that needs a borrow writes its top digit with a
-leading 1 ("14 - 8 - 0 = 6: write 6, borrow 1."). Our own generator rather than reasoning-gym's
+Each column line is "top digit + bottom digit + carry in"; the answer is the written digits read from
+the last line up. Subtraction keeps the result non-negative; a column that needs a borrow writes its
+top digit with a leading 1 ("14-8-0=6, write 6 borrow 1"). The working is terse on purpose: every
+token costs SFT and RL time on a CPU, and operators without spaces are single tokens. Our own generator rather than reasoning-gym's
 gsm_symbolic: its multi-step problems with large numbers are far beyond a ~1M-parameter model, and
 RL needs this family learnable but not solved after SFT.
 """
@@ -45,9 +47,9 @@ def add_working(a: int, b: int) -> list[str]:
     for da, db in zip(_digits(a, width), _digits(b, width)):
         total = da + db + carry
         carry = total // 10
-        lines.append(f"{da} + {db} + {total - da - db} = {total}: write {total % 10}" + (", carry 1." if carry else "."))
+        lines.append(f"{da}+{db}+{total - da - db}={total}, write {total % 10}" + (" carry 1" if carry else ""))
     if carry:
-        lines.append("carry 1: write 1.")
+        lines.append("carry 1, write 1")
     return lines
 
 
@@ -59,7 +61,7 @@ def sub_working(a: int, b: int) -> list[str]:
         borrow = 1 if da - borrow_in < db else 0
         top += 10 * borrow
         result = top - db - borrow_in
-        lines.append(f"{top} - {db} - {borrow_in} = {result}: write {result}" + (", borrow 1." if borrow else "."))
+        lines.append(f"{top}-{db}-{borrow_in}={result}, write {result}" + (" borrow 1" if borrow else ""))
     return lines
 
 
@@ -76,5 +78,5 @@ def generate(rng: random.Random) -> tuple[str, str, str, dict]:
         prompt = rng.choice(BARE).format(a=a, b=b, op=op)
     value = a + b if op == "+" else a - b
     lines = add_working(a, b) if op == "+" else sub_working(a, b)
-    reasoning = "\n".join([f"{a} {op} {b}, column by column from the right:"] + lines)
+    reasoning = "\n".join([f"{a}{op}{b}:"] + lines)
     return prompt, reasoning, str(value), {"a": a, "b": b, "op": op}
