@@ -199,9 +199,12 @@ def plot_histogram(examples: list[Example], rewards: list[torch.Tensor], path: P
         labels = [names[t] for t in e.gold] if e.gold else [f"rank {x}" for x in e.ranks]
         for label, value in zip(labels, r.tolist()):
             groups.setdefault(label, []).append(value)
+    values = [v for g in groups.values() for v in g]
+    lo, hi = min(values), max(values)
+    bins = [lo + (hi - lo + 1e-9) * i / 30 for i in range(31)]  # shared bins: tiers comparable
     fig, ax = plt.subplots(figsize=(7, 4))
     for label in sorted(groups):
-        ax.hist(groups[label], bins=30, alpha=0.6, label=f"{label} (n={len(groups[label])})")
+        ax.hist(groups[label], bins=bins, alpha=0.6, label=f"{label} (n={len(groups[label])})")
     ax.axvline(0.0, color="k", lw=0.8)
     ax.set(xlabel="reward (centred: reference answers average 0)", ylabel="completions",
            title="Held-out rewards by verifier tier")
@@ -282,6 +285,9 @@ def centre_and_evaluate(model, tokenizer, train_ranked: list[Ranked], test_ex: l
     if test_ex:
         metrics.update(ranking_metrics(test_ex, rewards))
         plot_histogram(test_ex, rewards, ctx.out_dir / "reward_hist.png")
+        if ctx.tracker.wandb_run is not None:
+            import wandb
+            ctx.tracker.wandb_run.log({"eval/reward_hist": wandb.Image(str(ctx.out_dir / "reward_hist.png"))})
         rows = [[e.family, tokenizer.decode(e.seqs[i][-80:]), round(float(r[i]), 3), e.ranks[i],
                  e.gold[i] if e.gold else None] for e, r in list(zip(test_ex, rewards))[:10] for i in range(len(e.seqs))]
         ctx.tracker.table("eval/rm_samples", ["family", "completion_tail", "reward", "rank", "gold_tier"], rows)

@@ -79,3 +79,19 @@ def test_unknown_family_is_a_user_error():
     from pipeline.errors import UserError
     with pytest.raises(UserError, match="rm.families"):
         rollout.rollout_tasks(["poetry"], 3, seed=0)
+
+
+def test_rollouts_cli(tmp_path, tiny_model, tiny_tokenizer):
+    from argparse import Namespace
+    from pipeline.errors import UserError
+    from stages.model import save_model
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\n")
+    with pytest.raises(UserError, match="no SFT model"):
+        rollout.rollouts_cli(Namespace(recipe=recipe, overrides=[]))
+    save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
+    args = Namespace(recipe=recipe, overrides=[f"rm.from={tmp_path / 'sft'}", "rm.num_prompts=3", "rm.k=2",
+                                               "rm.max_new_tokens=3", "rm.families=[arithmetic]"])
+    assert rollout.rollouts_cli(args) == 0
+    records = rollout.read_rollouts(tmp_path / "runs" / "t" / "rollouts.jsonl")
+    assert len(records) == 3 and {r["family"] for r in records} == {"arithmetic"}
