@@ -81,7 +81,7 @@ def job_script(recipe, recipe_path: Path, stage: str, overrides: list[str], args
         per_node[0:3] = ["accelerate", "launch"]
         lines += ["# The runner below starts this on every node (the shell there expands the variables):",
                   "#   $LIFECYCLE_SRUN bash -c '" + " ".join(per_node) + "'"]
-    lines.append(" \\\n    ".join([shlex.join(run[:7])] + [shlex.quote(o) for o in overrides]))
+    lines.append(" \\\n    ".join([shlex.join(run[:5])] + [shlex.quote(o) for o in overrides] + [shlex.join(run[5:])]))
     return "\n".join(lines) + "\n"
 
 

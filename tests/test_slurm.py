@@ -54,8 +54,15 @@ def test_one_job_per_stage_with_cluster_overrides(tmp_path):
     assert "#SBATCH --nodes=1" in tokenizer and "--gpus-per-node" not in tokenizer
     assert "LIFECYCLE_SRUN" not in tokenizer
     # Every job carries the same overrides, so the jobs agree on every stage's fingerprint.
-    tails = {s: (out / s).read_text().split("--stages")[1].split("\n", 1)[1] for s in scripts}
-    assert len(set(tails.values())) == 1
+    commands = {s: (out / s).read_text().split(" -m pipeline run ")[1].replace("\\\n", " ") for s in scripts}
+    assert len({c.split("--stages")[0] for c in commands.values()}) == 1
+    # The job's command line parses and plans (run -> plan: same arguments, nothing executed).
+    plan = subprocess.run([sys.executable, "-m", "pipeline", "plan", *commands["3-sft.sbatch"].split()],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert plan.returncode == 0, plan.stderr
+    assert re.search(r"sft .*\n(.*\n)*.*launch: accelerate launch --config_file \S*zero3.yaml .*--num_processes 16 "
+                     r"--num_machines 2", plan.stdout)
+    assert "tokenizer  run" in plan.stdout and "in-process" in plan.stdout
     for script in [*scripts, "submit.sh"]:
         assert subprocess.run(["bash", "-n", str(out / script)]).returncode == 0, script
 
