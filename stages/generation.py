@@ -3,6 +3,7 @@
     from stages.generation import generate
     out = generate(model, tok, [render_prompt(tok, msgs)], max_new_tokens=96, temperature=1.0,
                    num_samples=8, seed=0)          # out[prompt][sample] -> Completion
+    for token_id, from_tool in stream(model, tok, prompt_ids, max_new_tokens=96): ...   # one row, live
 
 Prompts are left-padded into one batch (positions from the attention mask), prefilled once, then
 decoded one token per step for all rows. When a row samples <|/calc|>, the text since its last <|calc|>
@@ -145,3 +146,35 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def stream(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
+           top_p: float = 1.0, top_k: int = 0, use_tools: bool = True, seed: int | None = None):
+    """Yield (token_id, from_tool) one at a time for a single prompt (the chat CLI's live output).
+
+    Same rules as generate(): stops after <|end|>; tool results are yielded with from_tool=True."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    ids = {"end": tokenizer.convert_tokens_to_ids(END), "call": tokenizer.convert_tokens_to_ids(CALL),
+           "end_call": tokenizer.convert_tokens_to_ids(END_CALL)}
+    row = _Row(list(prompt_ids))
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
+        cache, logits = out.cache, out.logits[:, -1, :]                                    # (1, V)
+        for _ in range(max_new_tokens):
+            forced = bool(row.forced)
+            token = row.forced.popleft() if forced else int(_next_tokens(logits, temperature, top_k, top_p, gen)[0])
+            row.ids.append(token)
+            yield token, forced
+            if not forced and token == ids["end"]:
+                return
+            if not forced and use_tools and token == ids["end_call"]:
+                row.forced.extend(_tool_tokens(tokenizer, row, ids))
+            out = model(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True)
+            cache, logits = out.cache, out.logits[:, -1, :]
+    finally:
+        model.train(was_training)

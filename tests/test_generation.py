@@ -112,3 +112,25 @@ def test_evaluate_families_keys(tiny_model, tiny_tokenizer):
     for family in ("arithmetic", "identity"):
         assert {f"eval/acc/{family}", f"eval/format/{family}", f"eval/pass@2/{family}"} <= metrics.keys()
     assert 0.0 <= metrics["eval/acc"] <= 1.0 and "eval/format" in metrics
+
+
+def test_stream_matches_generate_and_chat_loop_shows_tool_calls(tiny_tokenizer):
+    from stages.chat import chat_loop
+    from stages.generation import stream
+    tok = tiny_tokenizer
+    t = tok.convert_tokens_to_ids
+    seven, star, six = (tok(c, add_special_tokens=False)["input_ids"][0] for c in "7*6")
+    table = {t("<|assistant|>"): t("<|calc|>"), t("<|calc|>"): seven, seven: star, star: six,
+             six: t("<|/calc|>"), t("<|/calc|>"): t("<|end|>"), t("<|/result|>"): t("<|end|>")}
+    model = BigramModel(table, len(tok))
+    prompt = [t("<|bos|>"), t("<|user|>"), t("<|end|>"), t("<|assistant|>")]
+    streamed = list(stream(model, tok, prompt, max_new_tokens=20))
+    (batched,), = generate(model, tok, [prompt], max_new_tokens=20, temperature=0.0)
+    assert [i for i, _ in streamed] == batched.completion_ids
+    assert [int(f) for _, f in streamed] == batched.tool_mask
+    lines = iter(["what is 7*6?", "/reset", "again", "/exit"])
+    shown: list[str] = []
+    messages = chat_loop(model, tok, "Be brief.", lambda: next(lines), shown.append)
+    assert "".join(shown).count("[calc 7*6 = 42]") == 2
+    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "again"},
+                        {"role": "assistant", "content": "<|calc|>7*6<|/calc|><|result|>42<|/result|>"}]
