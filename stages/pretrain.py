@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -134,8 +133,12 @@ def val_bits_per_byte(model, tokenizer, texts: list[str] | None = None, tokens: 
     they count in the loss but not in bits-per-byte."""
     if tokens is None:
         from stages.tokenizer import encode_plain
-        ids = [[tokenizer.bos_token_id] + row for row in encode_plain(tokenizer, texts or [])]
-        tokens = np.array([t for row in ids for t in row], dtype=np.int64)
+        texts, ids = list(texts or []), []
+        for i in range(0, len(texts), 64):  # tokenize only as much text as max_tokens needs
+            ids += [t for row in encode_plain(tokenizer, texts[i:i + 64]) for t in [tokenizer.bos_token_id] + row]
+            if len(ids) > max_tokens:
+                break
+        tokens = np.array(ids, dtype=np.int64)
     tokens = np.asarray(tokens[:max_tokens + 1], dtype=np.int64)
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
     was_training = model.training
@@ -223,15 +226,17 @@ def _train_step(model, optimizer, scheduler, accelerator, windows, step: int, ac
     for micro in range(accum):
         x, y = windows.micro_batch(step, micro, rank, world, cfg.micro_batch_size, accum)  # (B, T) each
         x, y = torch.from_numpy(x).to(accelerator.device), torch.from_numpy(y).to(accelerator.device)
-        sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)  # all-reduce once per step
-        with sync:
+        # accumulate(): grads sync (DDP all-reduce / DeepSpeed step boundary) on the last micro-step only,
+        # and backward divides by accum (DeepSpeed: by its gradient_accumulation_steps) [scale-out]
+        with accelerator.accumulate(model):
             logits = model(input_ids=x).logits                                             # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-            accelerator.backward(loss / accum)
+            accelerator.backward(loss)
         loss_sum += loss.detach()
     grad_norm = float("nan")
     if cfg.optim.grad_clip > 0:
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
+        norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)  # DeepSpeed clips in backward
+        grad_norm = float(norm) if norm is not None else float("nan")
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -244,7 +249,7 @@ def _lr_used(scheduler) -> float:
 
 
 def run(recipe, inputs, ctx) -> dict[str, float]:
-    from stages.data.shards import byte_pair_counts
+    from pipeline.distributed import configure_engine
     from stages.model import count_parameters, save_model
     from stages.optim import make_optimizer, make_scheduler
     cfg, seq_len = recipe.pretrain, recipe.model.seq_len
@@ -271,6 +276,8 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
 
     optimizer = make_optimizer(model, cfg.optim, accelerator.device.type)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    accelerator.gradient_accumulation_steps = accum  # [scale-out] what accumulate() and DeepSpeed count
+    configure_engine(accelerator, cfg.micro_batch_size, cfg.optim.grad_clip)  # DeepSpeed's "auto" batch/clip
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if cfg.compile:
@@ -300,21 +307,26 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
             _save_checkpoint(accelerator, ckpt_root, done, time.time() - ctx.tracker.start)
 
-    final = _evaluate(model, accelerator, val_tokens, seq_len, cfg.micro_batch_size, byte_lengths)
-    # the byte bigram, fit on the training text and scored on exactly the val text the model was scored on
-    segments = np.split(val_tokens, np.flatnonzero(val_tokens == tokenizer.bos_token_id))
-    val_docs = [tokenizer.decode(seg, skip_special_tokens=True) for seg in segments if len(seg) > 1]
-    bigram = bigram_bits_per_byte(torch.from_numpy(shards.byte_pairs("train")),
-                                  torch.from_numpy(byte_pair_counts(val_docs)))
-    metrics = {**final, "baseline/bigram_bpb": bigram, "eval/bpb_ratio_vs_bigram": final["eval/val_bpb"] / bigram,
-               "train/tokens": float(cfg.max_steps * step_tokens), "params": float(n_params)}
+    metrics = _final_metrics(_evaluate(model, accelerator, val_tokens, seq_len, cfg.micro_batch_size, byte_lengths),
+                             shards, val_tokens, tokenizer)
+    metrics.update({"train/tokens": float(cfg.max_steps * step_tokens), "params": float(n_params)})
     ctx.tracker.log(metrics, step=cfg.max_steps)
-    ctx.log(f"val {final['eval/val_bpb']:.3f} bits/byte vs byte bigram {bigram:.3f} "
-            f"({100 * (1 - final['eval/val_bpb'] / bigram):.1f}% below)")
+    ctx.log(f"val {metrics['eval/val_bpb']:.3f} bits/byte vs byte bigram {metrics['baseline/bigram_bpb']:.3f} "
+            f"({100 * (1 - metrics['eval/bpb_ratio_vs_bigram']):.1f}% below)")
     _save_final(accelerator, model, tokenizer, ctx.out_dir, save_model)
     if accelerator.is_main_process and not cfg.keep_checkpoints:
         shutil.rmtree(ckpt_root, ignore_errors=True)
     return metrics
+
+
+def _final_metrics(final: dict, shards: ShardSet, val_tokens: np.ndarray, tokenizer) -> dict[str, float]:
+    """Add the byte bigram, fit on the training text and scored on exactly the val text the model was scored on."""
+    from stages.data.shards import byte_pair_counts
+    segments = np.split(val_tokens, np.flatnonzero(val_tokens == tokenizer.bos_token_id))
+    val_docs = [tokenizer.decode(seg, skip_special_tokens=True) for seg in segments if len(seg) > 1]
+    bigram = bigram_bits_per_byte(torch.from_numpy(shards.byte_pairs("train")),
+                                  torch.from_numpy(byte_pair_counts(val_docs)))
+    return {**final, "baseline/bigram_bpb": bigram, "eval/bpb_ratio_vs_bigram": final["eval/val_bpb"] / bigram}
 
 
 def _save_final(accelerator, model, tokenizer, out_dir: Path, save_model) -> None:
