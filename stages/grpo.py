@@ -114,43 +114,53 @@ def grpo_update(policy, batch: RolloutBatch, advantages: torch.Tensor, cfg, opti
     return totals
 
 
+def grpo_step(policy, ref_model, tokenizer, tasks, reward_mix, cfg, accelerator, optimizer, micro: int = 64,
+              seed: int | None = None) -> tuple[dict[str, float], dict]:
+    """Sample G completions of each task, score, and update: (metrics, rollout) for one RL step."""
+    G = cfg.num_generations
+    t0 = time.time()
+    comps, prompt_texts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, tasks, cfg, G, seed)
+    gen_s = time.time() - t0
+    total, parts = reward_mix(prompt_texts, [c.text for c in comps], **fields)
+    rewards = torch.tensor(total)
+    advantages = losses.group_advantages(rewards, G, scale=cfg.scale_rewards).to(accelerator.device)
+    batch = collate(comps, tokenizer.pad_token_id, accelerator.device)
+    ref_logps = batched_logps(ref_model, batch, micro, cfg.temperature) if ref_model is not None else None
+    epochs = cfg.ppo_epochs or 1
+    old_logps = batched_logps(policy, batch, micro, cfg.temperature) if epochs > 1 else None
+    for _ in range(epochs):
+        stats = grpo_update(policy, batch, advantages, cfg, optimizer, accelerator, ref_logps, old_logps, micro)
+    lengths = batch["completion_mask"].sum(-1)
+    metrics = {"train/loss": stats["loss"], **reward_mix.log_metrics(total, parts),
+               "train/zero_var_groups": losses.zero_variance_fraction(rewards, G),
+               "train/reward_std": float(rewards.view(-1, G).std(dim=1).mean()) if G > 1 else 0.0,
+               "train/clipfrac": stats["clipfrac"], "train/grad_norm": stats["grad_norm"],
+               "train/completion_len": float(lengths.mean()),
+               "train/gen_frac": gen_s / max(time.time() - t0, 1e-9)}
+    if "kl" in stats:
+        metrics["train/kl"] = stats["kl"]
+    rollout = dict(comps=comps, prompts=prompt_texts, fields=fields, parts=parts, kl=stats.get("kl"),
+                   mean_length=float(lengths.mean()))
+    return metrics, rollout
+
+
 def train(policy, ref_model, tokenizer, tasks, reward_mix, cfg, ctx, accelerator, optimizer, scheduler,
           monitor=None, micro: int = 64) -> dict[str, float]:
     """The GRPO loop: rl.max_steps rollout batches, each followed by rl.ppo_epochs updates."""
     rng = random.Random(ctx.seed + 1000 * accelerator.process_index)
     order = list(range(len(tasks)))
     rng.shuffle(order)
-    cursor, start, last = 0, time.time(), {}
-    G, per_step = cfg.num_generations, cfg.prompts_per_step
+    start, last = time.time(), {}
     for step in range(1, cfg.max_steps + 1):
-        picked = [tasks[order[(cursor + j) % len(order)]] for j in range(per_step)]
-        cursor += per_step
-        t0 = time.time()
-        unwrapped = accelerator.unwrap_model(policy)
-        comps, prompt_texts, fields = sample_groups(unwrapped, tokenizer, picked, cfg, G, seed=rng.randrange(2**31))
-        gen_s = time.time() - t0
-        total, parts = reward_mix(prompt_texts, [c.text for c in comps], **fields)
-        rewards = torch.tensor(total)
-        advantages = losses.group_advantages(rewards, G, scale=cfg.scale_rewards).to(accelerator.device)
-        batch = collate(comps, tokenizer.pad_token_id, accelerator.device)
-        ref_logps = batched_logps(ref_model, batch, micro, cfg.temperature) if ref_model is not None else None
-        epochs = cfg.ppo_epochs or 1
-        old_logps = batched_logps(policy, batch, micro, cfg.temperature) if epochs > 1 else None
-        for _ in range(epochs):
-            stats = grpo_update(policy, batch, advantages, cfg, optimizer, accelerator, ref_logps, old_logps, micro)
+        picked = [tasks[order[((step - 1) * cfg.prompts_per_step + j) % len(order)]]
+                  for j in range(cfg.prompts_per_step)]
+        metrics, r = grpo_step(policy, ref_model, tokenizer, picked, reward_mix, cfg, accelerator, optimizer,
+                               micro, seed=rng.randrange(2**31))
         scheduler.step()
-        lengths = batch["completion_mask"].sum(-1)
-        metrics = {"train/loss": stats["loss"], **reward_mix.log_metrics(total, parts),
-                   "train/zero_var_groups": losses.zero_variance_fraction(rewards, G),
-                   "train/reward_std": float(rewards.view(-1, G).std(dim=1).mean()) if G > 1 else 0.0,
-                   "train/clipfrac": stats["clipfrac"], "train/grad_norm": stats["grad_norm"],
-                   "train/completion_len": float(lengths.mean()), "train/lr": scheduler.get_last_lr()[0],
-                   "train/gen_frac": gen_s / max(time.time() - t0, 1e-9)}
-        if "kl" in stats:
-            metrics["train/kl"] = stats["kl"]
-        if monitor is not None and "rm" in parts:
-            metrics.update(monitor.update(step, parts["rm"], gold_rewards(parts, prompt_texts, comps, fields),
-                                          stats.get("kl"), float(lengths.mean())))
+        metrics["train/lr"] = scheduler.get_last_lr()[0]
+        if monitor is not None and "rm" in r["parts"]:
+            gold = gold_rewards(r["parts"], r["prompts"], r["comps"], r["fields"])
+            metrics.update(monitor.update(step, r["parts"]["rm"], gold, r["kl"], r["mean_length"]))
         ctx.tracker.log(metrics, step=step, total=cfg.max_steps)
         last = metrics
         if monitor is not None and monitor.should_stop:

@@ -73,7 +73,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         from stages import ppo
         policy, train_metrics = ppo.train(policy, reference, tokenizer, train_tasks, mix, inputs["reward_model"],
                                           recipe, ctx, accelerator, optimizer, scheduler, monitor)
-    metrics.update({k: v for k, v in train_metrics.items() if k.startswith("train/")})
+    metrics.update({k: v for k, v in train_metrics.items() if k.startswith(("train/", "reward/", "monitor/"))})
     save_model_gathered(accelerator, policy, tokenizer, ctx.out_dir)
 
     policy = accelerator.unwrap_model(policy)
@@ -231,7 +231,7 @@ def summary_line(metrics: dict) -> str:
 
 def equal_compute_control(policy_path, recipe, wall_s, reference, rm_fn, ctx) -> dict[str, float]:
     """The SFT checkpoint trained further with SFT for RL's wall time, evaluated like RL."""
-    from stages.sft import continue_sft
+    from stages.rl_control import continue_sft
     ctx.log(f"equal-compute control: SFT from {policy_path} for {wall_s:.0f}s (RL's training wall time)")
     model, tokenizer, info = continue_sft(policy_path, recipe, wall_s, ctx)
     out = evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, "control")

@@ -116,3 +116,50 @@ def test_rewarded_samples_gain_probability(tiny_model, tiny_tokenizer):
         grpo.grpo_update(policy, batch, adv, _cfg(), opt, _Acc(), micro=8)
     delta = grpo.batched_logps(policy, batch, 8).sum(-1) - before
     assert delta[0] > delta[1:4].max() and delta[7] > delta[4:7].max()
+
+
+def _stage_ctx(tmp_path):
+    from pipeline.context import StageContext
+    from pipeline.tracking import Tracker
+    out = tmp_path / "rl.tmp"
+    tracker = Tracker("rl", out, tmp_path, "t", {}, None, echo=False)
+    return StageContext(stage="rl", out_dir=out, run_dir=tmp_path, seed=0, tracker=tracker)
+
+
+def _recipe(**rl):
+    from pipeline.schema import Recipe
+    base = dict(max_steps=2, prompts_per_step=2, num_generations=2, max_new_tokens=6, eval_samples=2,
+                families=["arithmetic"], readiness_min_signal=0.0, control=False, micro_batch_size=4)
+    return Recipe(name="t", rl={**base, **rl}, eval={"max_prompts_per_family": 2, "max_new_tokens": 6})
+
+
+def test_rl_stage_end_to_end(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    from stages import rl
+    from stages.model import load_causal_lm, save_model
+    save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
+    (tmp_path / "len_reward.py").write_text("def score(prompts, completions, **kw):\n"
+                                            "    return [len(c) / 10 for c in completions]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # a user reward by import path: varies, so GRPO has signal
+    ctx = _stage_ctx(tmp_path)
+    recipe = _recipe(beta=0.1, rewards={"verifier": 1.0, "len_reward:score": 0.5})
+    metrics = rl.run(recipe, {"policy": str(tmp_path / "sft")}, ctx)
+    for key in ("eval/acc/arithmetic", "before/eval/acc/arithmetic", "gain/acc/arithmetic", "eval/pass@2/arithmetic",
+                "eval/kl", "eval/length", "ready/signal_groups", "ready/pass@2", "train/kl", "train/steps",
+                "reward/verifier", "reward/len_reward.score"):
+        assert key in metrics, key
+    assert metrics["before/eval/kl"] == pytest.approx(0.0, abs=1e-5)   # before RL the policy is the reference
+    model, _ = load_causal_lm(ctx.out_dir)                              # an HF dir that loads
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), tiny_model.parameters()))
+    rows = [json.loads(line) for line in (ctx.out_dir / "samples_after.jsonl").read_text().splitlines()]
+    assert rows and {"family", "prompt", "completion", "correct"} <= set(rows[0])
+    lines = [json.loads(line) for line in (ctx.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "train/zero_var_groups" in r] == [1, 2]
+
+
+def test_readiness_stops_a_hopeless_policy(tiny_model, tiny_tokenizer, tmp_path):
+    from pipeline.errors import UserError
+    from stages import rl
+    from stages.model import save_model
+    save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
+    with pytest.raises(UserError, match=r"rl.readiness_min_signal: only 0% .* policy is too weak: pass@2"):
+        rl.run(_recipe(readiness_min_signal=0.1), {"policy": str(tmp_path / "sft")}, _stage_ctx(tmp_path))
