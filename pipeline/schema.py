@@ -105,6 +105,7 @@ class SFTStage(Section):
     builtin_train_per_family: int = Field(2000, ge=1)  # built-in generator: train conversations per family
     builtin_test_per_family: int = Field(50, ge=1)     # built-in generator: held-out prompts per family
     families: list[str] = []                   # built-in task families; [] = all
+    family_weights: dict[str, float] = {}      # family -> multiplier on builtin_train_per_family (0-10); missing = 1
     system_prompt: Optional[str] = None        # system prompt `lifecycle chat` uses with this model (system_prompt.txt); None = the built-in identity prompt
     max_length: int = Field(256, ge=16)        # tokens per conversation; longer ones are skipped (counted)
     max_steps: int = Field(400, ge=1)          # optimizer steps

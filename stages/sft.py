@@ -38,11 +38,14 @@ from stages.eval_tasks import evaluate_families
 
 
 # ---------------------------------------------------------------- data
-def check_families(families: list[str]) -> list[str]:
-    bad = [f for f in families if f not in FAMILIES]
-    if bad:
-        raise UserError(f"sft.families: unknown {', '.join(bad)}; expected some of {', '.join(FAMILIES)}")
-    return list(families) or list(FAMILIES)
+def check_families(cfg) -> list[str]:
+    for key, names in (("families", cfg.families), ("family_weights", list(cfg.family_weights))):
+        bad = [f for f in names if f not in FAMILIES]
+        if bad:
+            raise UserError(f"sft.{key}: unknown {', '.join(bad)}; expected some of {', '.join(FAMILIES)}")
+    if any(w < 0 for w in cfg.family_weights.values()):
+        raise UserError("sft.family_weights: weights must be >= 0")
+    return list(cfg.families) or list(FAMILIES)
 
 
 def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipReport) -> list[tuple[list, list]]:
@@ -51,7 +54,8 @@ def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipR
     for spec in cfg.datasets:
         if spec == "builtin":
             for family in families:
-                tasks = make_tasks(family, cfg.builtin_train_per_family, seed, "train")
+                n = round(cfg.builtin_train_per_family * cfg.family_weights.get(family, 1.0))
+                tasks = make_tasks(family, n, seed, "train") if n > 0 else []
                 conversations += [(f"builtin:{family}:{i}", t.messages) for i, t in enumerate(tasks)]
                 report.kept += len(tasks)
         else:
@@ -197,7 +201,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     world, main = accelerator.num_processes, accelerator.is_main_process
     model, tokenizer = load_start_model(inputs["model"])
-    families = check_families(cfg.families)
+    families = check_families(cfg)
     report = SkipReport()
     examples = build_examples(cfg, tokenizer, recipe.seed, families, report)
     if main:

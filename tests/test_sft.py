@@ -112,8 +112,9 @@ def _run_stage(tmp_path, tiny_model, tiny_tokenizer, **sft):
     return sft_stage.run(recipe, {"model": str(start)}, ctx), out, start
 
 
-@pytest.mark.parametrize("extra", [{}, {"packing": True, "lora": True, "lora_r": 4}])
-def test_stage_end_to_end(tmp_path, tiny_model, tiny_tokenizer, extra):
+@pytest.mark.parametrize("extra, kept", [({}, 36), ({"packing": True, "lora": True, "lora_r": 4,
+                                                      "family_weights": {"arithmetic": 2, "unknown": 0}}, 36)])
+def test_stage_end_to_end(tmp_path, tiny_model, tiny_tokenizer, extra, kept):
     from stages.model import load_causal_lm
     metrics, out, start = _run_stage(tmp_path, tiny_model, tiny_tokenizer, **extra)
     for family in ("arithmetic", "calculator", "identity"):
@@ -126,7 +127,7 @@ def test_stage_end_to_end(tmp_path, tiny_model, tiny_tokenizer, extra):
     assert any(changed)
     assert tok.chat_template and "generation" in tok.chat_template
     report = json.loads((out / "data_report.json").read_text())
-    assert report["kept"] == 36 and report["skipped"] == 0
+    assert report["kept"] == kept and report["skipped"] == 0
     assert (out / "samples.jsonl").is_file() and (out / "system_prompt.txt").read_text().startswith("You are")
 
 
@@ -144,3 +145,5 @@ def test_stage_rejects_unknown_family(tmp_path, tiny_model, tiny_tokenizer):
     from pipeline.errors import UserError
     with pytest.raises(UserError, match="sft.families"):
         _run_stage(tmp_path, tiny_model, tiny_tokenizer, families=["poetry"])
+    with pytest.raises(UserError, match="sft.family_weights"):
+        _run_stage(tmp_path, tiny_model, tiny_tokenizer, family_weights={"poetry": 2})
