@@ -105,7 +105,7 @@ def ppo_epoch(policy, value_model, batch, targets, cfg, accelerator, optimizers,
             ids, labels = (x.to(accelerator.device) for x in next(ptx))
             ptx_loss = losses.lm_loss(policy(input_ids=ids).logits, labels)
             loss = loss + cfg.ptx_coef * ptx_loss
-            stats["ptx_loss"] += float(ptx_loss) * len(idx) / n
+            stats["ptx_loss"] += float(ptx_loss.detach()) * len(idx) / n
         accelerator.backward(loss)
         for model, opt in zip((policy, value_model), optimizers):
             if cfg.optim.grad_clip:
@@ -113,7 +113,7 @@ def ppo_epoch(policy, value_model, batch, targets, cfg, accelerator, optimizers,
             opt.step()
             opt.zero_grad(set_to_none=True)
         share = len(idx) / n
-        for key, value in (("pg_loss", float(pg_loss)), ("vf_loss", float(vf_loss)),
+        for key, value in (("pg_loss", float(pg_loss.detach())), ("vf_loss", float(vf_loss.detach())),
                            ("clipfrac", pg["clipfrac"]), ("vf_clipfrac", vf_clip)):
             stats[key] += value * share
     return stats
