@@ -53,6 +53,7 @@ class Tracker:
         self.stage, self.out_dir, self.is_main, self.echo = stage, Path(out_dir), is_main, echo
         self.start = time.time()
         self.wandb_run = None
+        self.last_step: int | None = None  # tables go to this W&B step (an unstepped log would advance it)
         self.log_file = self.out_dir / "log.txt"
         if not is_main:
             return
@@ -80,6 +81,8 @@ class Tracker:
             fh.write(json.dumps(record, default=float) + "\n")
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        if step is not None:
+            self.last_step = step
         parts = []
         if step is not None:
             parts.append(f"step {step}/{total}" if total else f"step {step}")
@@ -99,7 +102,9 @@ class Tracker:
                 fh.write(json.dumps(dict(zip(columns, row)), default=str) + "\n")
         if self.wandb_run is not None:
             import wandb
-            self.wandb_run.log({key: wandb.Table(columns=columns, data=[[str(c) for c in r] for r in rows])})
+            # at the last logged step: W&B drops later logs to a step below its current one
+            self.wandb_run.log({key: wandb.Table(columns=columns, data=[[str(c) for c in r] for r in rows])},
+                               **({"step": self.last_step} if self.last_step is not None else {}))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.wandb_run is not None:

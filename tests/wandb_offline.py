@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class OfflineRun:
     name: str = ""
     history: list[dict] = field(default_factory=list)   # one dict per logged step
     summary: dict = field(default_factory=dict)
+    finished: bool = False                               # the exit record is there
 
 
 def read_run(path: Path) -> OfflineRun:
@@ -64,6 +66,8 @@ def read_run(path: Path) -> OfflineRun:
         elif kind == "history":
             run.history.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
                                 for i in record.history.item})
+        elif kind == "exit":
+            run.finished = True
         elif kind == "summary":
             for item in record.summary.update:
                 if item.key:
@@ -71,5 +75,12 @@ def read_run(path: Path) -> OfflineRun:
     return run
 
 
-def read_runs(wandb_dir: Path) -> list[OfflineRun]:
-    return [read_run(p) for p in sorted(Path(wandb_dir).glob("offline-run-*/run-*.wandb"))]
+def read_runs(wandb_dir: Path, wait_s: float = 60.0) -> list[OfflineRun]:
+    """Every offline run under wandb_dir. wandb's core process writes the file after run.finish()
+    returns, so wait (up to wait_s) until every run has its exit record."""
+    deadline = time.time() + wait_s
+    while True:
+        runs = [read_run(p) for p in sorted(Path(wandb_dir).glob("**/offline-run-*/run-*.wandb"))]
+        if all(r.finished for r in runs) or time.time() > deadline:
+            return runs
+        time.sleep(0.2)
