@@ -83,8 +83,10 @@ def plot_rm(record, path: Path) -> list[str]:
     """Reward-model accuracies over steps (metrics.jsonl); a bar chart of the final ones otherwise."""
     if record is None:
         return []
-    keys = _keys(record.history, lambda k: "acc" in k)
-    final = {k: v for k, v in record.metrics.items() if "acc" in k and isinstance(v, (int, float))}
+    def overall(key: str) -> bool:  # eval/pairwise_acc, eval/top1_acc, ... not the per-family ones
+        return key.count("/") == 1 and key.endswith("_acc")
+    keys = _keys(record.history, overall)
+    final = {k: v for k, v in record.metrics.items() if overall(k) and isinstance(v, (int, float))}
     if not keys and not final:
         return []
     fig, ax = plt.subplots(figsize=(6, 4))

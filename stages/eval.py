@@ -10,8 +10,8 @@ Suites (the same names the stages log at their end, so W&B panels and the report
          and a table of sampled continuations (eval.samples of them);
 - chat:  eval/acc/<family>, eval/format/<family>, eval/acc, eval/format on held-out built-in tasks
          (stages.eval_tasks.evaluate_families, greedy, calculator on) and a completions table;
-- rm:    eval/rm/pairwise_acc, eval/rm/top1_acc (+ per family) on the held-out ranked rollouts
-         (stages.reward_model.evaluate_rm);
+- rm:    eval/pairwise_acc, eval/top1_acc (+ /<family>, and gold_ variants against the verifier) on
+         the held-out ranked rollouts of the recipe's run (stages.reward_model's split and metrics);
 - rl:    gold accuracy (the chat metrics), pass@k, eval/rm_reward, eval/kl to the reference policy,
          eval/length (stages.rl.evaluate, what the RL stage reports before and after training);
 - gsm8k, arc_easy, arc_challenge, hellaswag, mmlu: eval/<name>/acc[, acc_norm] (stages/benchmarks.py).
@@ -115,9 +115,28 @@ def suite_rl(model, tokenizer, recipe, checkpoint, ctx, reference: str | None = 
 
 
 def suite_rm(checkpoint, recipe, ctx, limit: int | None = None) -> EvalResult:
-    from stages.reward_model import evaluate_rm
-    metrics, rows, columns = evaluate_rm(checkpoint, recipe, ctx.run_dir, limit=limit, device=_device())
-    return EvalResult(metrics, {"samples/rm": (columns, rows)})
+    """The rm stage's held-out metrics for any RM dir: the recipe's rollouts, ranked by its rankers, test split."""
+    from reward.model_scorer import RewardModelScorer
+    from reward.ranking import collect_rankings
+    from stages.reward_model import encode, is_test, ranking_metrics, score_examples
+    from stages.rollout import read_rollouts
+    path = ctx.run_dir / "rollouts.jsonl"
+    rollouts = read_rollouts(path)
+    if not rollouts:
+        raise UserError(f"{path}: no rollouts to evaluate the RM on; run `lifecycle rollouts RECIPE` "
+                        "(or the rm stage) and pass --recipe")
+    cfg = recipe.rm
+    ranked = [r for r in collect_rankings(cfg, rollouts, _device(), log=ctx.log) if is_test(r.prompt_id, cfg.test_fraction)]
+    ranked = ranked[:limit] if limit else ranked
+    scorer = RewardModelScorer(checkpoint, device=_device())
+    examples = encode(ranked, scorer.tokenizer, cfg.max_length)
+    if not examples:
+        raise UserError(f"{path}: no held-out ranked prompts (rm.test_fraction {cfg.test_fraction})")
+    rewards = score_examples(scorer.model, examples, scorer.pad_id, scorer.device, scorer.offset)
+    rows = [[e.family, scorer.tokenizer.decode(e.seqs[i][-80:]), round(float(r[i]), 3), e.ranks[i],
+             e.gold[i] if e.gold else None] for e, r in list(zip(examples, rewards))[:10] for i in range(len(e.seqs))]
+    metrics = ranking_metrics(examples, rewards) | {"eval/n_prompts": float(len(examples))}
+    return EvalResult(metrics, {"samples/rm": (["family", "completion_tail", "reward", "rank", "gold_tier"], rows)})
 
 
 def suite_benchmark(name, model, tokenizer, recipe, checkpoint, limit=None, data_file=None) -> EvalResult:

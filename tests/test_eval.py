@@ -116,3 +116,40 @@ def test_stage_entry_through_call_stage(ckpt, recipe_path, tmp_path):
     result = call_stage(recipe, "stages.eval:run", "eval", {"model": str(ckpt)}, out, tmp_path / "runs" / "ev")
     assert set(result["metrics"]) == {"eval/val_loss", "eval/val_bpb"}
     assert (out / "samples_base.jsonl").read_text().count("\n") == 1
+
+
+def test_rl_suite_against_itself_has_zero_kl(ckpt, recipe_path, tmp_path):
+    from stages.data.tasks import FAMILIES
+    out = tmp_path / "rl.json"
+    args = _args(ckpt, recipe_path, suite="rl", reference=str(ckpt), out=str(out))
+    assert E.eval_cli(args) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["eval/kl"] == pytest.approx(0.0, abs=1e-5)  # the policy is its own reference
+    assert {f"eval/acc/{f}" for f in FAMILIES} <= set(metrics) and metrics["eval/length"] > 0
+
+
+def test_rm_suite_on_held_out_ranked_rollouts(tmp_path, recipe_path, tiny_model, tiny_tokenizer):
+    from stages.data.tasks import make_tasks
+    from stages.model import save_model
+    from stages.reward_model import is_test, load_reward_model
+    from stages.tokenizer import END
+    lm_dir, rm_dir = tmp_path / "lm", tmp_path / "rm"
+    save_model(tiny_model, tiny_tokenizer, lm_dir)
+    rm, tok = load_reward_model(str(lm_dir), "cpu")
+    save_model(rm, tok, rm_dir)
+    run_dir = tmp_path / "runs" / "ev"
+    run_dir.mkdir(parents=True)
+    records = []
+    for i, task in enumerate(make_tasks("arithmetic", 12, 0, "test")):
+        reference = task.messages[-1]["content"] + END
+        texts = [reference, f"I think.\nAnswer: {task.answer}1{END}", "no idea"]  # tiers 3, 1, 0: 3 pairs
+        records.append({"id": f"p{i}", "family": task.family, "prompt_messages": task.prompt_messages(),
+                        "answer": task.answer, "meta": task.meta, "reference": reference,
+                        "completions": [{"text": t} for t in texts]})
+    (run_dir / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "rm.json"
+    assert E.eval_cli(_args(rm_dir, recipe_path, out=str(out))) == 0  # suite detected from the architecture
+    metrics = json.loads(out.read_text())["metrics"]
+    n_test = sum(is_test(f"p{i}", 0.2) for i in range(12))
+    assert metrics["eval/n_prompts"] == n_test and metrics["eval/n_pairs"] == 3 * n_test
+    assert 0 <= metrics["eval/pairwise_acc"] <= 1 and 0 <= metrics["eval/top1_acc"] <= 1

@@ -149,14 +149,16 @@ def test_plots_are_pngs_with_the_expected_curves(tmp_path):
 
 def test_rm_accuracy_plot_from_history_or_final_metrics(tmp_path):
     run_dir, _ = make_run(tmp_path)
-    _stage(run_dir, "rm", {"eval/rm/pairwise_acc": 0.7, "eval/rm/top1_acc": 0.5}, [
-        {"step": s, "train/loss": 0.7 - s / 100, "eval/rm/pairwise_acc": 0.5 + s / 100} for s in (5, 10)],
+    _stage(run_dir, "rm", {"eval/pairwise_acc": 0.7, "eval/top1_acc": 0.5, "eval/pairwise_acc/arithmetic": 0.8,
+                           "eval/gold_pairwise_acc": 0.75}, [
+        {"step": s, "train/loss": 0.7 - s / 100, "eval/pairwise_acc": 0.5 + s / 100} for s in (5, 10)],
         30.0, "in-process: x", "2026-11-28T10:10:00")
     report = write_report(run_dir)
-    assert report.plots["rm"]["curves"] == ["rm: eval/rm/pairwise_acc"]
+    assert report.plots["rm"]["curves"] == ["rm: eval/pairwise_acc"]
     (run_dir / "rm" / "metrics.jsonl").unlink()
     report = write_report(run_dir)
-    assert report.plots["rm"]["curves"] == ["rm (final): eval/rm/pairwise_acc", "rm (final): eval/rm/top1_acc"]
+    assert report.plots["rm"]["curves"] == ["rm (final): eval/pairwise_acc", "rm (final): eval/top1_acc",
+                                            "rm (final): eval/gold_pairwise_acc"]
     assert report.missing == []
 
 
@@ -171,7 +173,7 @@ def test_ladder_keys():
     assert ladder_key("sft", "eval/base/format/spelling") == ("base", "format", "spelling")
     assert ladder_key("sft", "base/eval/acc/spelling") == ("base", "acc", "spelling")
     assert ladder_key("rl", "control/eval/pass@8/calculator") == ("rl:control", "pass@8", "calculator")
-    for key in ("eval/acc", "train/acc/x", "eval/rm/pairwise_acc", "eval/val_bpb", "a/b/eval/acc/x"):
+    for key in ("eval/acc", "train/acc/x", "eval/pairwise_acc/x", "eval/val_bpb", "a/b/eval/acc/x"):
         assert ladder_key("rm", key) is None
 
 
