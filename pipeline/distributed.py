@@ -59,16 +59,25 @@ def rank_slice(global_size: int, accelerator, what: str = "global batch") -> sli
     return slice(rank * per, (rank + 1) * per)
 
 
+def holds_shards(accelerator) -> bool:
+    """True when no rank holds whole parameters (FSDP, ZeRO-3): saving must gather them first."""
+    from accelerate.utils import DistributedType
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
 def save_model_gathered(accelerator, model, tokenizer, out_dir: str | Path) -> None:
     """Write a full HF dir (safetensors + tokenizer) on rank 0 from whatever the engine sharded.
 
-    Every rank must call this: gathering the ZeRO-3/FSDP state dict is a collective.
+    Every rank must call this: gathering the ZeRO-3/FSDP state dict is a collective. Other engines
+    save the unwrapped model itself, so tied embeddings stay one tensor in the file.
     """
     out_dir = Path(out_dir)
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = accelerator.get_state_dict(model) if holds_shards(accelerator) else None
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         unwrapped.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)

@@ -331,9 +331,9 @@ def _final_metrics(final: dict, shards: ShardSet, val_tokens: np.ndarray, tokeni
 
 def _save_final(accelerator, model, tokenizer, out_dir: Path, save_model) -> None:
     """save_pretrained + tokenizer on rank 0; sharded engines (FSDP, ZeRO-3) gather the weights first."""
-    from accelerate.utils import DistributedType
+    from pipeline.distributed import holds_shards
     accelerator.wait_for_everyone()
-    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    sharded = holds_shards(accelerator)  # [scale-out] FSDP, ZeRO-3 (ZeRO-2's gathered dict would untie embeddings)
     state = accelerator.get_state_dict(model) if sharded else None
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if accelerator.is_main_process:

@@ -81,3 +81,14 @@ def test_pretrain_ddp_two_processes_equal_one(tmp_path, pretrain_one):
     assert_same_weights(weights(out), weights(pretrain_one))
     saved = weights(out)
     assert_same_weights({k: v for k, v in model.state_dict().items() if k in saved}, saved, atol=0)
+
+
+def test_pretrain_zero2_with_accumulation_equals_one_process(tmp_path, pretrain_one):
+    """DeepSpeed ZeRO-2 on 2 CPU processes x micro-batch 1 x 2 accumulation steps == 1 process x 4."""
+    run = lifecycle_run(tmp_path, "z2", "pretrain", "pretrain.micro_batch_size=1", "pretrain.total_batch_tokens=128",
+                        "pretrain.distributed.num_processes=2", "pretrain.distributed.engine=zero2")
+    out = run / "pretrain"
+    assert "--deepspeed_config_file" in json.loads((out / "manifest.json").read_text())["launch"]
+    assert "2 process(es) x micro-batch 1 x 2 accum" in (out / "log.txt").read_text()
+    assert step_losses(out) == pytest.approx(step_losses(pretrain_one), abs=2e-5)
+    assert_same_weights(weights(out), weights(pretrain_one))
