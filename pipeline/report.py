@@ -79,18 +79,23 @@ def gpu_hours(manifest: dict) -> float:
     return float(manifest.get("wall_time_s") or 0.0) * processes(manifest) / 3600.0
 
 
+KIND = re.compile(r"^(?:(?:acc|format)(?:_\w+)?|pass@\d+)$")  # acc, acc_no_tool, format, pass@8, ...
+OTHER_MODELS = ("base", "before", "control")  # prefixes naming another model a stage evaluated
+
+
 def ladder_key(stage: str, key: str) -> tuple[str, str, str] | None:
     """(column, kind, family) for a per-family eval metric, else None.
 
-    eval/acc/<family> is the stage's own model (column = stage); a variant anywhere in the path names
-    another model the stage evaluated: eval/base/acc/<f> or base/eval/acc/<f> -> column "base" (the
-    SFT stage evaluating its input), control/eval/acc/<f> in rl -> "rl:control" (the equal-compute
-    SFT control). kind is acc, format or pass@k."""
+    eval/<kind>/<family> is the stage's own model (column = stage). A prefix names another model the
+    stage evaluated: eval/base/acc/<f>, base/eval/acc/<f> or base/acc/<f> -> column "base" (the SFT
+    stage evaluating its input); control/eval/acc/<f> in rl -> "rl:control" (the equal-compute SFT
+    control). kind is acc, format, pass@k, or a variant such as acc_no_tool."""
     parts = key.split("/")
-    if len(parts) < 3 or not (parts[-2] in ("acc", "format") or parts[-2].startswith("pass@")):
+    if len(parts) < 3 or not KIND.match(parts[-2]):
         return None
-    variant = [p for p in parts[:-2] if p != "eval"]
-    if "eval" not in parts[:-2] or len(variant) > 1:
+    prefix = parts[:-2]
+    variant = [p for p in prefix if p != "eval"]
+    if len(variant) > 1 or ("eval" not in prefix and not (variant and variant[0] in OTHER_MODELS)):
         return None
     column = stage if not variant else "base" if variant[0] == "base" else f"{stage}:{variant[0]}"
     return column, parts[-2], parts[-1]
@@ -108,8 +113,9 @@ def ladder(stages: dict[str, StageRecord]) -> tuple[list[str], dict[tuple[str, s
                 table.setdefault((kind, family), {})[column] = float(value)
                 rank = -1 if column == "base" else STAGES.index(name)
                 order[column] = (rank, column != name, column)
-    kinds = {"acc": 0, "format": 2}
-    rows = dict(sorted(table.items(), key=lambda kv: (kinds.get(kv[0][0], 1), kv[0])))
+    def rank(kind: str) -> int:  # acc, acc_*, pass@k, format, format_*
+        return 0 if kind == "acc" else 1 if kind.startswith("acc") else 2 if kind.startswith("pass@") else 3
+    rows = dict(sorted(table.items(), key=lambda kv: (rank(kv[0][0]), kv[0])))
     return sorted(order, key=order.__getitem__), rows
 
 

@@ -77,55 +77,81 @@ def _num(cell: str) -> float | None:
         return None
 
 
-def test_every_number_in_the_report_equals_the_manifests(tmp_path):
-    run_dir, manifests = make_run(tmp_path)
-    report = write_report(run_dir)
+def check_report_against_manifests(run_dir: Path) -> dict[str, list[list[str]]]:
+    """Every table cell of report.md against the manifests on disk; returns the tables by header."""
+    manifests = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/manifest.json")}
     text = (run_dir / "report.md").read_text()
-    assert report.path == run_dir / "report.md" and report.missing == ["rm"]
-    assert "not run yet: rm" in text
     by_header = {tuple(h): rows for h, rows in tables(text)}
 
     stage_rows = by_header[("stage", "run id", "wall time (s)", "tokens", "processes", "est. GPU-hours", "started")]
-    assert [r[0] for r in stage_rows] == ["tokenizer", "pretrain", "sft", "rl"]
+    assert {r[0] for r in stage_rows} == set(manifests)
     for name, run_id, wall, tokens, procs, hours, started in stage_rows:
         m = manifests[name]
         assert run_id == m["run_id"] and started == m["started_at"]
         assert float(wall) == pytest.approx(m["wall_time_s"], rel=1e-6)
         assert tokens == "-" if "train/tokens" not in m["metrics"] else float(tokens) == m["metrics"]["train/tokens"]
-        assert int(procs) == (2 if name == "pretrain" else 1)
+        assert int(procs) == (int(m["launch"].split("--num_processes ")[1].split()[0]) if "--num_processes" in
+                              m["launch"] else 1)
         assert float(hours) == pytest.approx(m["wall_time_s"] * int(procs) / 3600, rel=1e-5)
 
-    columns = ("base", "sft", "rl", "rl:control")  # where each column's numbers live in the manifests:
-    source = {"base": ("sft", "eval/base/{}/{}"), "sft": ("sft", "eval/{}/{}"), "rl": ("rl", "eval/{}/{}"),
-              "rl:control": ("rl", "control/eval/{}/{}")}
-    ladder = by_header[("metric", "family") + columns]
-    assert [(r[0], r[1]) for r in ladder] == [(k, f) for k in ("acc", "pass@4", "format") for f in FAMILIES]
-    for kind, fam, *values in ladder:
-        for column, cell in zip(columns, values):
-            stage, pattern = source[column]
-            expected = manifests[stage]["metrics"].get(pattern.format(kind, fam))
-            assert cell == "-" if expected is None else float(cell) == pytest.approx(expected, rel=1e-6)
+    # the ladder: each manifest metric it covers sits in its (kind, family) row and model column
+    expected = {}
+    for stage, m in manifests.items():
+        for key, value in m["metrics"].items():
+            parsed = ladder_key(stage, key)
+            if parsed:
+                expected[(parsed[1], parsed[2], parsed[0])] = value
+    ladder = [(h, rows) for h, rows in by_header.items() if h[:2] == ("metric", "family")]
+    assert len(ladder) == (1 if expected else 0)
+    if ladder:
+        header, rows = ladder[0]
+        cells = {(r[0], r[1], col): cell for r in rows for col, cell in zip(header[2:], r[2:]) if cell != "-"}
+        assert cells.keys() == expected.keys()
+        for where, cell in cells.items():
+            assert float(cell) == pytest.approx(expected[where], rel=1e-5), where
 
-    # each stage's final-metrics table holds exactly its manifest's metrics
+    # each stage's final-metrics table holds exactly its manifest's metrics (tables in pipeline order)
+    order = [n for n in ("tokenizer", "pretrain", "sft", "rm", "rl") if n in manifests]
     metric_tables = [rows for h, rows in tables(text) if h == ["metric", "value"]]
-    assert len(metric_tables) == 4
-    for name, rows in zip(("tokenizer", "pretrain", "sft", "rl"), metric_tables):
-        got = {k: float(v) for k, v in rows}
+    assert len(metric_tables) == len(order)
+    for name, rows in zip(order, metric_tables):
+        got = dict(rows)
         assert got.keys() == manifests[name]["metrics"].keys()
-        for key, value in got.items():
-            assert value == pytest.approx(manifests[name]["metrics"][key], rel=1e-5)
+        for key, cell in got.items():
+            want = manifests[name]["metrics"][key]
+            assert float(cell) == pytest.approx(want, rel=1e-5) if _num(cell) is not None else cell == str(want)
 
     # and no other number sneaks into any table: each is a manifest value or a GPU-hour estimate
-    known = [v for m in manifests.values() for v in list(m["metrics"].values()) + [m["wall_time_s"]]]
+    known = [v for m in manifests.values() for v in list(m["metrics"].values()) + [m["wall_time_s"]]
+             if isinstance(v, (int, float))]
     known += [gpu_hours(m) for m in manifests.values()] + [1, 2]  # process counts
     for header, rows in tables(text):
-        if header[0] in ("package", "stage") and "git commit" in header:
+        if "git commit" in header:
             continue
         for row in rows:
             for cell in row:
                 number = _num(cell)
                 if number is not None:
                     assert any(math.isclose(number, k, rel_tol=1e-5) for k in known), (header, cell)
+    return by_header
+
+
+def test_every_number_in_the_report_equals_the_manifests(tmp_path):
+    run_dir, manifests = make_run(tmp_path)
+    report = write_report(run_dir)
+    text = (run_dir / "report.md").read_text()
+    assert report.path == run_dir / "report.md" and report.missing == ["rm"]
+    assert "not run yet: rm" in text
+    by_header = check_report_against_manifests(run_dir)
+    stage_rows = by_header[("stage", "run id", "wall time (s)", "tokens", "processes", "est. GPU-hours", "started")]
+    assert [r[0] for r in stage_rows] == ["tokenizer", "pretrain", "sft", "rl"]
+    assert [r[4] for r in stage_rows] == ["1", "2", "1", "1"] and stage_rows[0][3] == "-"
+    columns = ("base", "sft", "rl", "rl:control")
+    ladder = by_header[("metric", "family") + columns]
+    assert [(r[0], r[1]) for r in ladder] == [(k, f) for k in ("acc", "pass@4", "format") for f in FAMILIES]
+    assert ladder[0][2:] == ["0", "0.3", "0.55", "0.45"]  # acc on arithmetic: base, sft, rl, control
+    assert manifests["pretrain"]["metrics"]["eval/val_bpb"] == 2.0123456789
+    assert "| eval/val_bpb | 2.01235 |" in text
 
 
 def test_plots_are_pngs_with_the_expected_curves(tmp_path):
@@ -173,7 +199,11 @@ def test_ladder_keys():
     assert ladder_key("sft", "eval/base/format/spelling") == ("base", "format", "spelling")
     assert ladder_key("sft", "base/eval/acc/spelling") == ("base", "acc", "spelling")
     assert ladder_key("rl", "control/eval/pass@8/calculator") == ("rl:control", "pass@8", "calculator")
-    for key in ("eval/acc", "train/acc/x", "eval/pairwise_acc/x", "eval/val_bpb", "a/b/eval/acc/x"):
+    assert ladder_key("sft", "base/acc/spelling") == ("base", "acc", "spelling")  # the SFT stage's naming
+    assert ladder_key("sft", "eval/acc_no_tool/calculator") == ("sft", "acc_no_tool", "calculator")
+    assert ladder_key("rl", "before/eval/acc/spelling") == ("rl:before", "acc", "spelling")
+    for key in ("eval/acc", "train/acc/x", "eval/pairwise_acc/x", "eval/val_bpb", "a/b/eval/acc/x", "base/acc",
+                "x/acc/y", "eval/accuracy/x"):
         assert ladder_key("rm", key) is None
 
 
@@ -190,3 +220,20 @@ def test_report_cli(tmp_path, capsys):
     make_run(tmp_path)
     assert report_cli(Namespace(recipe=recipe, overrides=[])) == 0
     assert re.search(r"report: .*report\.md \(4 stages; plots: loss, ladder, rl\)", capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_make_all_on_the_tiny_recipe_reports_the_manifests(tmp_path):
+    """The real thing: `make all` = lifecycle run + lifecycle report on recipes/tiny.yaml (minutes)."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    for command in ("run", "report"):
+        subprocess.run([sys.executable, "-m", "pipeline", command, str(root / "recipes" / "tiny.yaml"),
+                        f"output_dir={tmp_path}"], check=True, cwd=root, env=env)
+    run_dir = tmp_path / "tiny"
+    check_report_against_manifests(run_dir)
+    for name in ("loss", "ladder", "rm", "rl"):
+        assert (run_dir / "report" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
