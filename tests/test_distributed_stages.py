@@ -33,9 +33,9 @@ eval: {{samples: 0}}
 """
 
 
-def lifecycle_run(tmp_path: Path, name: str, stages: str, *overrides: str) -> Path:
+def lifecycle_run(tmp_path: Path, name: str, stages: str, *overrides: str, text: str = PRETRAIN) -> Path:
     recipe = tmp_path / f"{name}.yaml"
-    recipe.write_text(PRETRAIN.format(name=name, out=tmp_path / "runs"))
+    recipe.write_text(text.format(name=name, out=tmp_path / "runs"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "pipeline", "run", str(recipe), *overrides, "--stages", stages],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -45,7 +45,7 @@ def lifecycle_run(tmp_path: Path, name: str, stages: str, *overrides: str) -> Pa
 
 def step_losses(stage_dir: Path) -> list[float]:
     rows = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["train/loss"] for r in rows if "train/loss" in r]
+    return [r["train/loss"] for r in rows if "train/loss" in r and "train/lr" in r]  # per-step lines
 
 
 def weights(stage_dir: Path) -> dict:
@@ -92,3 +92,41 @@ def test_pretrain_zero2_with_accumulation_equals_one_process(tmp_path, pretrain_
     assert "2 process(es) x micro-batch 1 x 2 accum" in (out / "log.txt").read_text()
     assert step_losses(out) == pytest.approx(step_losses(pretrain_one), abs=2e-5)
     assert_same_weights(weights(out), weights(pretrain_one))
+
+
+SFT = """\
+name: {name}
+seed: 7
+output_dir: {out}
+tracking: {{wandb: false}}
+sft:
+  from: {model}
+  families: [arithmetic, identity]
+  builtin_train_per_family: 40
+  builtin_test_per_family: 1
+  max_length: 96
+  max_steps: 10
+  micro_batch_size: 4
+  optim: {{lr: 3e-3, warmup_steps: 2, weight_decay: 0.0}}
+  eval_base: false
+  eval_max_new_tokens: 8
+"""
+
+
+@pytest.fixture(scope="module")
+def sft_one(tmp_path_factory, pretrain_one):
+    """Reference: SFT of the pretrained tiny model, 1 process x micro-batch 4."""
+    text = SFT.replace("{model}", str(pretrain_one))
+    return lifecycle_run(tmp_path_factory.mktemp("sft_one"), "one", "sft", text=text) / "sft"
+
+
+@pytest.mark.parametrize("engine,extra", [("ddp", ["sft.micro_batch_size=1", "sft.grad_accum=2"]),
+                                          ("zero2", ["sft.micro_batch_size=2"])])
+def test_sft_two_processes_equal_one(tmp_path, pretrain_one, sft_one, engine, extra):
+    """DDP: 2 x micro-batch 1 x 2 accumulation steps; ZeRO-2: 2 x micro-batch 2; both == 1 x 4."""
+    text = SFT.replace("{model}", str(pretrain_one))
+    out = lifecycle_run(tmp_path, engine, "sft", *extra, "sft.distributed.num_processes=2",
+                        f"sft.distributed.engine={engine}", text=text) / "sft"
+    ref = step_losses(sft_one)
+    assert len(ref) == 10 and step_losses(out) == pytest.approx(ref, abs=2e-5)
+    assert_same_weights(weights(out), weights(sft_one))
