@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p = sub.add_parser("eval", help="evaluate a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--suite", default="auto", help="auto|base|chat|rm|gsm8k|arc_easy|arc_challenge|hellaswag|mmlu")
+    p.add_argument("--suite", default="auto", help="auto|base|chat|rm|rl|gsm8k|arc_easy|arc_challenge|hellaswag|mmlu|benchmarks (eval.benchmarks)")
     p.add_argument("--recipe", type=Path, default=None, help="take eval settings from this recipe")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--data-file", default=None, help="local jsonl/parquet for a benchmark suite")

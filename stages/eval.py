@@ -14,7 +14,8 @@ Suites (the same names the stages log at their end, so W&B panels and the report
          the held-out ranked rollouts of the recipe's run (stages.reward_model's split and metrics);
 - rl:    gold accuracy (the chat metrics), pass@k, eval/rm_reward, eval/kl to the reference policy,
          eval/length (stages.rl.evaluate, what the RL stage reports before and after training);
-- gsm8k, arc_easy, arc_challenge, hellaswag, mmlu: eval/<name>/acc[, acc_norm] (stages/benchmarks.py).
+- gsm8k, arc_easy, arc_challenge, hellaswag, mmlu: eval/<name>/acc[, acc_norm] (stages/benchmarks.py);
+  `benchmarks` runs every one listed in the recipe's eval.benchmarks.
 Results print as a table, go to runs/<name>/eval/<ckpt>-<suite>/ (metrics.jsonl, tables, W&B with
 job_type "eval" when the recipe tracks) and, with --out, to a JSON file. `run()` follows the stage
 contract, so an eval can also run through pipeline.launch.call_stage with inputs {"model": CKPT}.
@@ -149,14 +150,31 @@ def suite_benchmark(name, model, tokenizer, recipe, checkpoint, limit=None, data
     return EvalResult(metrics, {f"samples/{name}": (columns, rows)} if rows else {})
 
 
+def suite_benchmarks(model, tokenizer, recipe, checkpoint, limit=None) -> EvalResult:
+    """Every benchmark the recipe lists in eval.benchmarks (local files from eval.benchmark_files)."""
+    from stages.benchmarks import BENCHMARKS
+    names = recipe.eval.benchmarks
+    if not names:
+        raise UserError("eval.benchmarks: empty; list some of " + ", ".join(BENCHMARKS) + " (or pass --suite NAME)")
+    for name in list(names) + list(recipe.eval.benchmark_files):
+        if name not in BENCHMARKS:
+            raise UserError(f"eval.benchmarks: unknown benchmark '{name}'; expected some of {', '.join(BENCHMARKS)}")
+    result = EvalResult({})
+    for name in names:
+        part = suite_benchmark(name, model, tokenizer, recipe, checkpoint, limit)
+        result.metrics.update(part.metrics)
+        result.tables.update(part.tables)
+    return result
+
+
 def evaluate(checkpoint: str | Path, suite: str, recipe, ctx, *, limit: int | None = None,
              data_file: str | None = None, reference: str | None = None,
              reward_model: str | None = None) -> EvalResult:
     """Run one suite on a checkpoint dir (or hub id)."""
     from stages.model import load_causal_lm
     suite = detect_suite(checkpoint) if suite == "auto" else suite
-    if suite not in suites():
-        raise UserError(f"--suite {suite}: unknown; expected auto or one of {', '.join(suites())}")
+    if suite not in suites() + ("benchmarks",):
+        raise UserError(f"--suite {suite}: unknown; expected auto, benchmarks or one of {', '.join(suites())}")
     if suite == "rm":
         return suite_rm(checkpoint, recipe, ctx, limit)
     model, tokenizer = load_causal_lm(checkpoint, _device())
@@ -166,6 +184,8 @@ def evaluate(checkpoint: str | Path, suite: str, recipe, ctx, *, limit: int | No
         return suite_chat(model, tokenizer, recipe, limit)
     if suite == "rl":
         return suite_rl(model, tokenizer, recipe, checkpoint, ctx, reference, reward_model)
+    if suite == "benchmarks":
+        return suite_benchmarks(model, tokenizer, recipe, checkpoint, limit)
     return suite_benchmark(suite, model, tokenizer, recipe, checkpoint, limit, data_file)
 
 

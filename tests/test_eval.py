@@ -153,3 +153,17 @@ def test_rm_suite_on_held_out_ranked_rollouts(tmp_path, recipe_path, tiny_model,
     n_test = sum(is_test(f"p{i}", 0.2) for i in range(12))
     assert metrics["eval/n_prompts"] == n_test and metrics["eval/n_pairs"] == 3 * n_test
     assert 0 <= metrics["eval/pairwise_acc"] <= 1 and 0 <= metrics["eval/top1_acc"] <= 1
+
+
+def test_benchmarks_suite_runs_the_recipes_list(ckpt, recipe_path, tmp_path):
+    out = tmp_path / "all.json"
+    overrides = recipe_path.read_text().replace(
+        "eval: {", f'eval: {{benchmarks: [mmlu, hellaswag], benchmark_files: {{mmlu: "{DATA / "mmlu.parquet"}", '
+                   f'hellaswag: "{DATA / "hellaswag.jsonl"}"}}, ')
+    recipe_path.write_text(overrides)
+    assert E.eval_cli(_args(ckpt, recipe_path, suite="benchmarks", out=str(out))) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["eval/mmlu/n"] == 3 and metrics["eval/hellaswag/n"] == 2 and "eval/hellaswag/acc_norm" in metrics
+    recipe_path.write_text(recipe_path.read_text().replace("[mmlu, hellaswag]", "[mmlu, squad]"))
+    with pytest.raises(UserError, match="unknown benchmark 'squad'"):
+        E.eval_cli(_args(ckpt, recipe_path, suite="benchmarks"))
