@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import random
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -167,11 +166,12 @@ def train_step(model, optimizer, scheduler, accelerator, rows: list[tuple], cfg,
         chunk = rows[micro * b * world:(micro + 1) * b * world][rank * b:(rank + 1) * b]
         batch = collate(chunk, pad_id, accelerator.device)
         labels = batch.pop("labels")
-        sync = nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
-        with sync:
+        # accumulate(): sync on the last micro-step only (DDP all-reduce / DeepSpeed step boundary) [scale-out]
+        with accelerator.accumulate(model):
             loss_sum = token_loss_sum(model(**batch, use_cache=False).logits, labels)
-            # DDP/FSDP/ZeRO average gradients over ranks: x world turns that into the global token mean
-            accelerator.backward(loss_sum * world / max(n_trained, 1))
+            # DDP/FSDP/ZeRO average gradients over ranks: x world turns that into the global token mean;
+            # x grad_accum undoes the division by the accumulation steps in backward (or DeepSpeed's)
+            accelerator.backward(loss_sum * world * cfg.grad_accum / max(n_trained, 1))
         local += loss_sum.detach()
     if cfg.optim.grad_clip > 0:
         accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -228,6 +228,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         model = add_lora(model, cfg)
     optimizer = make_optimizer(model, cfg.optim, accelerator.device.type)
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    accelerator.gradient_accumulation_steps = cfg.grad_accum  # [scale-out] what accumulate() and DeepSpeed count
     configure_engine(accelerator, micro_batch_size=cfg.micro_batch_size, grad_clip=cfg.optim.grad_clip)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()

@@ -121,9 +121,9 @@ def sft_one(tmp_path_factory, pretrain_one):
 
 
 @pytest.mark.parametrize("engine,extra", [("ddp", ["sft.micro_batch_size=1", "sft.grad_accum=2"]),
-                                          ("zero2", ["sft.micro_batch_size=2"])])
+                                          ("zero2", ["sft.micro_batch_size=1", "sft.grad_accum=2"])])
 def test_sft_two_processes_equal_one(tmp_path, pretrain_one, sft_one, engine, extra):
-    """DDP: 2 x micro-batch 1 x 2 accumulation steps; ZeRO-2: 2 x micro-batch 2; both == 1 x 4."""
+    """2 processes x micro-batch 1 x 2 accumulation steps (DDP, DeepSpeed ZeRO-2) == 1 process x 4."""
     text = SFT.replace("{model}", str(pretrain_one))
     out = lifecycle_run(tmp_path, engine, "sft", *extra, "sft.distributed.num_processes=2",
                         f"sft.distributed.engine={engine}", text=text) / "sft"
