@@ -162,6 +162,7 @@ def train_step(model, optimizer, scheduler, accelerator, rows: list[tuple], cfg,
     world, rank, b = accelerator.num_processes, accelerator.process_index, cfg.micro_batch_size
     n_trained = sum(sum(1 for label in r[1][1:] if label != IGNORE) for r in rows)  # global, same on all ranks
     local = torch.zeros((), device=accelerator.device)
+    accelerator.gradient_accumulation_steps = cfg.grad_accum  # [scale-out] backward divides by it (set early in run too)
     for micro in range(cfg.grad_accum):
         chunk = rows[micro * b * world:(micro + 1) * b * world][rank * b:(rank + 1) * b]
         batch = collate(chunk, pad_id, accelerator.device)
