@@ -86,7 +86,7 @@ def hub_documents(dataset: str, config_name: str | None, split: str, text_field:
     except Exception as exc:  # datasets raises many types (DatasetNotFoundError, ValueError, ConnectionError)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"data.dataset: cannot open '{dataset}' (config {config_name}, split {split}): {first}") from None
-    for i, row in enumerate(ds):
+    for row in ds:
         if text_field not in row:
             raise UserError(f"data.text_field: '{text_field}' is not a column of {dataset}; "
                             f"columns: {', '.join(sorted(row))}")
