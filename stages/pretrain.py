@@ -210,6 +210,7 @@ def _resume(accelerator, ckpt_root: Path, ctx) -> int:
     import json
     latest = _latest_checkpoint(ckpt_root)
     if latest is None:
+        ctx.tracker.start = time.time()  # the ETA counts training steps, not tokenizing and model setup
         return 0
     accelerator.load_state(str(latest))
     position = json.loads((latest / "position.json").read_text())
@@ -223,6 +224,7 @@ def _train_step(model, optimizer, scheduler, accelerator, windows, step: int, ac
     """One optimizer step of `accum` micro-batches; returns (mean loss over ranks, grad norm or nan)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     loss_sum = torch.zeros((), device=accelerator.device)
+    accelerator.gradient_accumulation_steps = accum  # [scale-out] backward divides by it (set before prepare in run too)
     for micro in range(accum):
         x, y = windows.micro_batch(step, micro, rank, world, cfg.micro_batch_size, accum)  # (B, T) each
         x, y = torch.from_numpy(x).to(accelerator.device), torch.from_numpy(y).to(accelerator.device)

@@ -101,3 +101,21 @@ def test_split_with_no_val_documents_is_an_error(tmp_path):
     (tmp_path / "one.txt").write_text("a single document")
     with pytest.raises(UserError, match="empty"):
         split_documents(Data(source="local", paths=[str(tmp_path / "one.txt")]), 0)
+
+
+def test_hub_source_streams_the_text_field(monkeypatch):
+    import datasets
+    calls = []
+
+    def fake_load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        return iter([{"text": "one", "id": 1}, {"text": "", "id": 2}, {"text": "two", "id": 3}])
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert list(iter_documents(Data(source="fineweb"))) == ["one", "two"]
+    assert calls == [("HuggingFaceFW/fineweb-edu", "sample-10BT", "train", True)]
+    with pytest.raises(UserError, match="'body' is not a column of org/ds; columns: id, text"):
+        list(iter_documents(Data(source="hub", dataset="org/ds", text_field="body")))
