@@ -27,7 +27,7 @@ GENERATORS = {"arithmetic": arithmetic.generate, "spelling": spelling.generate, 
               "unknown": persona.generate_unknown}
 DEFAULT_SYSTEM = persona.DEFAULT_SYSTEM
 SPLIT_TEST_SHARE = 0.2       # share of the prompt space that is held out
-SYSTEM_SHARE = 0.25          # non-identity tasks that carry the default system prompt (chat uses one)
+SYSTEM_SHARE = 0.1           # non-identity tasks that carry the default system prompt (chat uses one)
 ANSWER_PREFIX = "Answer:"
 
 

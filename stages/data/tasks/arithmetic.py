@@ -71,7 +71,7 @@ def generate(rng: random.Random) -> tuple[str, str, str, dict]:
     op = rng.choice("+-")
     if op == "-" and b > a:
         a, b = b, a
-    if rng.random() < 0.5:
+    if rng.random() < 0.3:
         template = rng.choice(WORD_ADD if op == "+" else WORD_SUB)
         prompt = template.format(name=rng.choice(NAMES), things=rng.choice(THINGS), a=a, b=b)
     else:
