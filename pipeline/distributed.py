@@ -15,8 +15,8 @@ stage never names it. Three things differ between engines and live here:
   feed tensors without a DataLoader must say them before `prepare` (configure_engine).
 - Under ZeRO-3 and FSDP no rank holds the whole model: the final HF dir is written from a state dict
   gathered on rank 0 (accelerator.get_state_dict, a collective), so it loads at any process count.
-  ZeRO-3 gathers the 16-bit compute copy (bf16 when mixed_precision is bf16, fp32 on CPU); DDP and
-  FSDP save the fp32 master weights, so the next stage fine-tunes from full precision.
+  DeepSpeed's module holds its compute copy (bf16 when mixed_precision is bf16, fp32 on CPU), so that
+  is what ZeRO-2/3 save; DDP and FSDP save the fp32 master weights.
 - Resumable state (optimizer shards included) goes through accelerator.save_state/load_state, which
   every rank must call; `save_state`/`load_state` below add the loop's own counters beside it.
 """
