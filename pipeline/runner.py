@@ -25,7 +25,7 @@ import yaml
 from pipeline import artifacts, launch
 from pipeline.errors import StageFailed, UserError
 from pipeline.recipe import recipe_to_dict
-from pipeline.schema import Recipe
+from pipeline.schema import Distributed, Recipe
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class StageSpec:
     entry: str                                  # "module:function" implementing run(cfg, inputs, ctx)
     config_keys: tuple[str, ...]                # recipe sections that define the stage (fingerprinted)
     inputs: Callable[[Recipe], dict[str, str]]  # role -> upstream stage name, or "ext:<path or hub id>"
+    distributed: bool = True                    # False: always one process (the tokenizer trains on one CPU)
 
 
 def _upstream(recipe: Recipe, stage: str, role: str, default: str) -> dict[str, str]:
@@ -49,7 +50,7 @@ def _rl_inputs(recipe: Recipe) -> dict[str, str]:
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("tokenizer", "stages.tokenizer:run", ("seed", "data", "tokenizer"), lambda r: {}),
+    StageSpec("tokenizer", "stages.tokenizer:run", ("seed", "data", "tokenizer"), lambda r: {}, distributed=False),
     StageSpec("pretrain", "stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"),
               lambda r: _upstream(r, "pretrain", "model", "") if r.pretrain.from_ else {"tokenizer": "tokenizer"}),
     StageSpec("sft", "stages.sft:run", ("seed", "sft", "eval"), lambda r: _upstream(r, "sft", "model", "pretrain")),
@@ -94,8 +95,17 @@ class Runner:
         return [n for n in self.order if n in wanted]
 
     def stage_config(self, spec: StageSpec) -> dict:
+        """The recipe sections that define the stage's result. How it is launched (`distributed`)
+        is left out: the same stage on 1 or 8 processes computes the same thing."""
         full = recipe_to_dict(self.recipe)
-        return {key: full[key] for key in spec.config_keys}
+        config = {key: full[key] for key in spec.config_keys}
+        for section in config.values():
+            if isinstance(section, dict):
+                section.pop("distributed", None)
+        return config
+
+    def distributed_for(self, spec: StageSpec) -> Distributed:
+        return self.recipe.distributed_for(spec.name) if spec.distributed else Distributed()
 
     def plan(self, requested: list[str] | None = None, force: tuple[str, ...] = ()) -> list[PlanItem]:
         names = self.closure(requested or self.order)
@@ -119,7 +129,7 @@ class Runner:
                 action, reason = "run", "upstream artifact was rebuilt"
             else:
                 action, reason = "skip", "up to date"
-            command = launch.describe(self.recipe.distributed_for(name), self.recipe_path, name, self.run_dir)
+            command = launch.describe(self.distributed_for(spec), self.recipe_path, name, self.run_dir)
             items[name] = PlanItem(spec, action, reason, fp, inputs, command)
         return [items[n] for n in names]
 
@@ -233,7 +243,7 @@ class Runner:
             shutil.rmtree(old)
 
     def _launch(self, item: PlanItem, tmp: Path, inputs: dict[str, str]) -> dict:
-        dist = self.recipe.distributed_for(item.spec.name)
+        dist = self.distributed_for(item.spec)
         log_path = tmp / "log.txt"
         try:
             if dist.num_processes * dist.num_machines > 1:

@@ -136,9 +136,19 @@ def test_cli_crash_exits_1_naming_stage_and_log(tmp_path):
 
 
 def test_two_process_launch_seam(tmp_path):
-    stages = (StageSpec("tokenizer", "tests.fake_stages:allreduce", ("seed",), lambda r: {}),)
+    stages = (StageSpec("pretrain", "tests.fake_stages:allreduce", ("seed",), lambda r: {}),)
     runner = make_runner(tmp_path, "distributed.num_processes=2", "distributed.engine=ddp", stages=stages)
     assert runner.plan()[0].command.startswith("accelerate launch --multi_gpu --num_processes 2")
     manifest = runner.execute(runner.plan()[0])
     assert manifest["metrics"] == {"world_size": 2.0, "sum": 3.0}
-    assert (tmp_path / "runs/t/tokenizer/manifest.json").is_file()
+    assert (tmp_path / "runs/t/pretrain/manifest.json").is_file()
+
+
+def test_tokenizer_runs_in_one_process_and_process_count_is_not_fingerprinted(tmp_path):
+    real = __import__("pipeline.runner").runner.STAGES
+    one = {i.spec.name: i for i in make_runner(tmp_path, stages=real).plan()}
+    many = {i.spec.name: i for i in make_runner(tmp_path, "distributed.num_processes=8",
+                                                 "sft.distributed.num_processes=4", stages=real).plan()}
+    assert many["tokenizer"].command.startswith("in-process")
+    assert "--num_processes 8" in many["pretrain"].command and "--num_processes 4" in many["sft"].command
+    assert all(one[n].fingerprint == many[n].fingerprint for n in one)
