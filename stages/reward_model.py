@@ -176,6 +176,9 @@ def ranking_metrics(examples: list[Example], rewards: list[torch.Tensor]) -> dic
                 hit = float(r[w] > r[l])
                 add(f"eval/{prefix}pairwise_acc", hit)
                 add(f"eval/{prefix}pairwise_acc/{e.family}", hit)
+                if prefix:  # gold pairs split by what separates them: the answer's truth, or only its form
+                    kind = "correctness" if (e.gold[w] >= 2) != (e.gold[l] >= 2) else "format"
+                    add(f"eval/gold_pairwise_acc_{kind}", hit)
             best = [i for i, x in enumerate(ranks) if x == min(ranks)]
             add(f"eval/{prefix}top1_acc", float(int(r.argmax()) in best))
             add(f"eval/{prefix}top1_chance", len(best) / len(ranks))
@@ -185,6 +188,8 @@ def ranking_metrics(examples: list[Example], rewards: list[torch.Tensor]) -> dic
         for key, v in tally.items():
             if key.startswith(f"eval/{prefix}pairwise_acc/"):
                 metrics[f"eval/{prefix}n_pairs/{key.rsplit('/', 1)[1]}"] = float(len(v))
+    for kind in ("correctness", "format"):
+        metrics[f"eval/gold_n_pairs_{kind}"] = float(len(tally.get(f"eval/gold_pairwise_acc_{kind}", [])))
     metrics["eval/chance"] = 0.5  # a random scorer orders a strict pair right half the time
     return metrics
 

@@ -132,3 +132,15 @@ def test_tokenizer_mismatch_is_a_user_error(tmp_path, tiny_model, tiny_tokenizer
     other.save_pretrained(tmp_path / "m")
     with pytest.raises(UserError, match="share the SFT model's tokenizer"):
         load_reward_model(str(tmp_path / "m"), "cpu")
+
+
+def test_ranking_metrics_by_hand():
+    from stages.reward_model import Example, ranking_metrics
+    examples = [Example([[1]] * 3, [0, 1, 2], "a", [3, 1, 0], "verifier"),
+                Example([[1]] * 2, [0, 1], "b", [3, 1], "verifier")]
+    m = ranking_metrics(examples, [torch.tensor([2.0, 1.0, 0.0]), torch.tensor([0.0, 1.0])])
+    assert m["eval/pairwise_acc"] == 0.75 and m["eval/n_pairs"] == 4 and m["eval/chance"] == 0.5
+    assert m["eval/pairwise_acc/a"] == 1.0 and m["eval/pairwise_acc/b"] == 0.0 and m["eval/n_pairs/a"] == 3
+    assert m["eval/top1_acc"] == 0.5 and m["eval/top1_chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert m["eval/gold_pairwise_acc_correctness"] == pytest.approx(2 / 3) and m["eval/gold_n_pairs_correctness"] == 3
+    assert m["eval/gold_pairwise_acc_format"] == 1.0 and m["eval/gold_n_pairs_format"] == 1
