@@ -106,6 +106,7 @@ class SFTStage(Section):
     builtin_test_per_family: int = Field(50, ge=1)     # built-in generator: held-out prompts per family
     families: list[str] = []                   # built-in task families; [] = all
     family_weights: dict[str, float] = {}      # family -> multiplier on builtin_train_per_family (0-10); missing = 1
+    multi_turn_share: float = Field(0.2, ge=0, le=1)  # built-in conversations continued by another task as a 2nd turn
     system_prompt: Optional[str] = None        # system prompt `lifecycle chat` uses with this model (system_prompt.txt); None = the built-in identity prompt
     max_length: int = Field(256, ge=16)        # tokens per conversation; longer ones are skipped (counted)
     max_steps: int = Field(400, ge=1)          # optimizer steps

@@ -47,16 +47,35 @@ def check_families(cfg) -> list[str]:
     return list(cfg.families) or list(FAMILIES)
 
 
+def builtin_conversations(cfg, seed: int, families: list[str]) -> list[tuple[str, list[dict]]]:
+    """The built-in tasks, shuffled; a multi_turn_share of them continue with the next task as a second
+    user turn (when that one has no system prompt of its own), so the model also sees multi-turn chats."""
+    items = []
+    for family in families:
+        n = round(cfg.builtin_train_per_family * cfg.family_weights.get(family, 1.0))
+        tasks = make_tasks(family, n, seed, "train") if n > 0 else []
+        items += [(f"builtin:{family}:{i}", t.messages) for i, t in enumerate(tasks)]
+    rng = random.Random(f"{seed}:sft:builtin")
+    rng.shuffle(items)
+    out, i = [], 0
+    while i < len(items):
+        where, messages = items[i]
+        i += 1
+        if i < len(items) and items[i][1][0]["role"] != "system" and rng.random() < cfg.multi_turn_share:
+            where, messages = f"{where}+{items[i][0]}", messages + items[i][1]
+            i += 1
+        out.append((where, messages))
+    return out
+
+
 def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipReport) -> list[tuple[list, list]]:
     """(input_ids, labels) for every usable conversation of every dataset, in dataset order."""
     conversations: list[tuple[str, list[dict]]] = []
     for spec in cfg.datasets:
         if spec == "builtin":
-            for family in families:
-                n = round(cfg.builtin_train_per_family * cfg.family_weights.get(family, 1.0))
-                tasks = make_tasks(family, n, seed, "train") if n > 0 else []
-                conversations += [(f"builtin:{family}:{i}", t.messages) for i, t in enumerate(tasks)]
-                report.kept += len(tasks)
+            builtin = builtin_conversations(cfg, seed, families)
+            conversations += builtin
+            report.kept += len(builtin)
         else:
             conversations += load_conversations(spec, report, max_rows=cfg.dataset_max_rows)
     examples = []

@@ -75,6 +75,20 @@ def test_step_schedule_covers_each_epoch_once():
     assert StepSchedule(10, 4, seed=0).rows(3) == schedule.rows(3)
 
 
+def test_builtin_conversations_merge_into_multi_turn_chats():
+    from stages.sft import builtin_conversations
+    cfg = SFTStage(builtin_train_per_family=20, multi_turn_share=1.0)
+    convs = builtin_conversations(cfg, 0, ["arithmetic", "identity", "unknown"])
+    pieces = [piece for where, _ in convs for piece in where.split("+")]
+    assert sorted(pieces) == sorted(f"builtin:{f}:{i}" for f in ("arithmetic", "identity", "unknown") for i in range(20))
+    multi = [m for _, m in convs if sum(t["role"] == "user" for t in m) == 2]
+    assert len(multi) >= 15
+    assert all(t["role"] != "system" for m in multi for t in m[1:])
+    assert builtin_conversations(cfg, 0, ["arithmetic"]) == builtin_conversations(cfg, 0, ["arithmetic"])
+    single = builtin_conversations(cfg.model_copy(update={"multi_turn_share": 0.0}), 0, ["arithmetic"])
+    assert len(single) == 20
+
+
 def test_lora_merged_model_matches_adapter_model(tiny_model, tiny_tokenizer):
     cfg = SFTStage(lora=True, lora_r=4, lora_alpha=8)
     model = add_lora(tiny_model, cfg)
@@ -105,7 +119,7 @@ def _run_stage(tmp_path, tiny_model, tiny_tokenizer, **sft):
     recipe = Recipe.model_validate({"name": "t", "sft": {
         "from": str(start), "max_steps": 4, "micro_batch_size": 4, "builtin_train_per_family": 6,
         "builtin_test_per_family": 2, "eval_max_new_tokens": 6, "max_length": 200,
-        "optim": {"lr": 1e-2, "warmup_steps": 0}, **sft}})
+        "optim": {"lr": 1e-2, "warmup_steps": 0}, "multi_turn_share": 0.0, **sft}})
     out = tmp_path / "sft"
     tracker = Tracker("sft", out, tmp_path, "t", {}, None, echo=False)
     ctx = StageContext(stage="sft", out_dir=out, run_dir=tmp_path, seed=0, tracker=tracker)
