@@ -13,7 +13,7 @@ N processes x micro-batch b compute the same update as 1 process x N*b (TRL norm
 - Data: `sft.datasets` entries are "builtin" (stages/data/tasks, train split) or conversation datasets
   (stages/data/conversations.py). Malformed and over-long rows are skipped, counted, and listed with
   file:line in data_report.json.
-- Packing (optional): conversations are laid end to end in max_length rows with position ids restarting
+- Packing (optional): conversations are best-fit into max_length rows with position ids restarting
   at each conversation; with no attention mask transformers then builds a block-diagonal causal mask,
   so a conversation never attends to its neighbours (unlike pretraining-style packing).
 - LoRA (optional, peft): adapters on every linear layer, merged into the weights at the end, so the
@@ -90,21 +90,30 @@ def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipR
 
 
 def pack(examples: list[tuple[list, list]], max_length: int, pad_id: int) -> list[tuple[list, list, list]]:
-    """Greedy in-order packing into rows of exactly max_length: (input_ids, labels, position_ids)."""
-    rows, ids, labels, pos = [], [], [], []
+    """Best-fit packing into rows of exactly max_length: (input_ids, labels, position_ids).
 
-    def flush():
-        fill = max_length - len(ids)
-        rows.append((ids + [pad_id] * fill, labels + [IGNORE] * fill, pos + list(range(fill))))
-
+    Each conversation goes into the open row with the least room that still fits it (rows are found by
+    their free space, so this is O(n * max_length)); padding fills what is left."""
+    rows: list[list] = []                      # [ids, labels, positions]
+    by_room: dict[int, list[int]] = {}         # free tokens -> rows with exactly that much room
     for ex_ids, ex_labels in examples:
-        if ids and len(ids) + len(ex_ids) > max_length:
-            flush()
-            ids, labels, pos = [], [], []
-        ids, labels, pos = ids + ex_ids, labels + ex_labels, pos + list(range(len(ex_ids)))
-    if ids:
-        flush()
-    return rows
+        need = len(ex_ids)
+        room = next((r for r in range(need, max_length + 1) if by_room.get(r)), None)
+        if room is None:
+            rows.append([[], [], []])
+            index, room = len(rows) - 1, max_length
+        else:
+            index = by_room[room].pop()
+        ids, labels, pos = rows[index]
+        ids += ex_ids
+        labels += ex_labels
+        pos += range(need)
+        by_room.setdefault(room - need, []).append(index)
+    out = []
+    for ids, labels, pos in rows:
+        fill = max_length - len(ids)
+        out.append((ids + [pad_id] * fill, labels + [IGNORE] * fill, pos + list(range(fill))))
+    return out
 
 
 class StepSchedule:
