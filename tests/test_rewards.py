@@ -45,3 +45,34 @@ def test_bad_reward_specs_are_user_errors(user_module):
         RewardMix({"my_rewards:wrong_len": 1.0})(["a", "b"], ["a", "b"])
     with pytest.raises(UserError, match="needs a trained reward model"):
         RewardMix({"rm": 1.0})
+
+
+def test_verifier_and_format_on_every_family():
+    from reward.verifiers import extract_answers, format_reward, verifier_reward
+    from stages.data.tasks import FAMILIES, make_tasks
+    for family in FAMILIES:
+        task = make_tasks(family, 1, 0, "test")[0]
+        reference = task.messages[-1]["content"] + "<|end|>"
+        wrong = task.messages[-1]["content"].rsplit("Answer:", 1)[0] + "Answer: zzz 12345<|end|>"
+        unfinished = task.messages[-1]["content"]  # no <|end|>: right answer, badly formed turn
+        assert verifier_reward(["p"] * 3, [reference, wrong, unfinished], tasks=[task] * 3) == [1.0, 0.0, 1.0], family
+        assert format_reward(["p"] * 3, [reference, wrong, unfinished]) == [1.0, 1.0, 0.0], family
+        assert extract_answers([reference])[0].lower() == task.answer.lower(), family
+
+
+def test_verifier_from_answer_column():
+    from reward.verifiers import verifier_reward
+    got = verifier_reward(["p"] * 4, ["x\nAnswer: 1,024<|end|>", "Answer: 7", "no answer", "Answer: Paris"],
+                          answers=["1024", "8", "1", "paris"])
+    assert got == [1.0, 0.0, 0.0, 1.0]
+    with pytest.raises(UserError, match="'verifier' needs tasks"):
+        verifier_reward(["p"], ["Answer: 1"])
+
+
+def test_mix_with_builtin_parts():
+    from stages.data.tasks import make_tasks
+    task = make_tasks("arithmetic", 1, 0, "test")[0]
+    good = task.messages[-1]["content"] + "<|end|>"
+    total, parts = RewardMix({"verifier": 1.0, "format": 0.2})(["p", "p"], [good, "Answer: -1"], tasks=[task, task])
+    assert parts == {"verifier": [1.0, 0.0], "format": [1.0, 0.0]}
+    assert total == pytest.approx([1.2, 0.0])
