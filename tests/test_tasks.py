@@ -76,8 +76,9 @@ def _written_digits(lines):
 
 @pytest.mark.parametrize("a, b", [(347, 85), (999, 999), (10, 10), (505, 96), (100, 1)])
 def test_column_working_spells_the_result(a, b):
-    assert int(_written_digits(add_working(a, b))) == a + b
-    assert int(_written_digits(sub_working(a, b))) == a - b
+    for lines, value in ((add_working(a, b), a + b), (sub_working(a, b), a - b)):
+        assert int(_written_digits(lines)) == value
+        assert int(lines[-1].rsplit(": ", 1)[1]) == value  # the result so far, on the last line
 
 
 def test_decimal_working():

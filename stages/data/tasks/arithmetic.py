@@ -3,17 +3,20 @@ column from the ones digit before the final answer ("models need tokens to think
 digit's worth of work, so a small model never has to produce a multi-digit sum in one token).
 
     347+85:
-    7+5+0=12, write 2 carry 1
-    4+8+1=13, write 3 carry 1
-    3+0+1=4, write 4
+    7+5+0=12, write 2 carry 1: 2
+    4+8+1=13, write 3 carry 1: 32
+    3+0+1=4, write 4: 432
     Answer: 432
 
-Each column line is "top digit + bottom digit + carry in"; the answer is the written digits read from
-the last line up. Subtraction keeps the result non-negative; a column that needs a borrow writes its
-top digit with a leading 1 ("14-8-0=6, write 6 borrow 1"). The working is terse on purpose: every
-token costs SFT and RL time on a CPU, and operators without spaces are single tokens. Our own generator rather than reasoning-gym's
-gsm_symbolic: its multi-step problems with large numbers are far beyond a ~1M-parameter model, and
-RL needs this family learnable but not solved after SFT.
+Each column line is "top digit + bottom digit + carry in", the digit written, and after the colon the
+result so far (the new digit in front of the previous line's): reading the written digits back in
+reverse order is what small models got wrong, copying the line above is easy. Subtraction keeps the
+result non-negative; a column that needs a borrow writes its top digit with a leading 1
+("14-8-0=6, write 6 borrow 1"), and leading zeros of the result so far are dropped in the answer.
+The working is terse on purpose: every token costs SFT and RL time on a CPU, and operators without
+spaces are single tokens. Our own generator rather than reasoning-gym's gsm_symbolic: its multi-step
+problems with large numbers are far beyond a ~1M-parameter model, and RL needs this family learnable
+but not solved after SFT.
 """
 from __future__ import annotations
 
@@ -41,28 +44,39 @@ def _digits(n: int, width: int) -> list[int]:
     return [int(c) for c in str(n).zfill(width)[::-1]]
 
 
+def _with_result_so_far(lines: list[str], written: list[int]) -> list[str]:
+    so_far = ""
+    for i, digit in enumerate(written):
+        so_far = f"{digit}{so_far}"
+        lines[i] += f": {so_far}"
+    return lines
+
+
 def add_working(a: int, b: int) -> list[str]:
     width = max(len(str(a)), len(str(b)))
-    lines, carry = [], 0
+    lines, written, carry = [], [], 0
     for da, db in zip(_digits(a, width), _digits(b, width)):
         total = da + db + carry
         carry = total // 10
         lines.append(f"{da}+{db}+{total - da - db}={total}, write {total % 10}" + (" carry 1" if carry else ""))
+        written.append(total % 10)
     if carry:
         lines.append("carry 1, write 1")
-    return lines
+        written.append(1)
+    return _with_result_so_far(lines, written)
 
 
 def sub_working(a: int, b: int) -> list[str]:
     width = len(str(a))
-    lines, borrow = [], 0
+    lines, written, borrow = [], [], 0
     for da, db in zip(_digits(a, width), _digits(b, width)):
         top, borrow_in = da, borrow
         borrow = 1 if da - borrow_in < db else 0
         top += 10 * borrow
         result = top - db - borrow_in
         lines.append(f"{top}-{db}-{borrow_in}={result}, write {result}" + (" borrow 1" if borrow else ""))
-    return lines
+        written.append(result)
+    return _with_result_so_far(lines, written)
 
 
 def generate(rng: random.Random) -> tuple[str, str, str, dict]:
