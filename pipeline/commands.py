@@ -34,10 +34,26 @@ def plan_cmd(args) -> int:
     return 0
 
 
-def _key_metrics(metrics: dict, limit: int = 3) -> str:
-    preferred = [k for k in metrics if k.startswith(("eval/", "final/"))] or list(metrics)
-    return ", ".join(f"{k.split('/', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in ((k, metrics[k]) for k in preferred[:limit]))
+# What `lifecycle status` shows first for each stage (then any other eval/ metrics).
+KEY_METRICS = {
+    "tokenizer": ["eval/bytes_per_token"],
+    "pretrain": ["eval/val_bpb", "baseline/bigram_bpb"],
+    "sft": ["eval/acc", "eval/format", "eval/acc/arithmetic"],
+    "rm": ["eval/pairwise_acc", "eval/top1_acc", "eval/n_pairs"],
+    "rl": ["eval/acc", "eval/acc/arithmetic", "before/eval/acc/arithmetic"],
+}
+
+
+def _key_metrics(stage: str, metrics: dict, limit: int = 3) -> str:
+    preferred = [k for k in KEY_METRICS.get(stage, []) if k in metrics]
+    rest = [k for k in metrics if k not in preferred]
+    preferred += sorted(rest, key=lambda k: not k.startswith("eval/"))
+    shown = []
+    for key in preferred[:limit]:
+        value = metrics[key]
+        label = key.replace("eval/", "").replace("baseline/", "")
+        shown.append(f"{label}={value:.4g}" if isinstance(value, float) else f"{label}={value}")
+    return ", ".join(shown)
 
 
 def status_cmd(args) -> int:
@@ -47,5 +63,5 @@ def status_cmd(args) -> int:
     print("-" * len(header))
     for row in rows:
         wall = f"{row['wall_time_s']:.0f}s" if row["wall_time_s"] is not None else "-"
-        print(f"{row['stage']:<10} {row['state']:<8} {wall:>8}  {_key_metrics(row['metrics']):<60} {row['path']}")
+        print(f"{row['stage']:<10} {row['state']:<8} {wall:>8}  {_key_metrics(row['stage'], row['metrics']):<60} {row['path']}")
     return 0
