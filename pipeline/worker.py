@@ -48,9 +48,21 @@ def main(argv: list[str] | None = None) -> None:
     recipe = load_recipe(args.stage_dir / "config.yaml")
     inputs = json.loads((args.stage_dir / "inputs.json").read_text())
     init_process_group()
-    result = call_stage(recipe, args.entry, args.stage, inputs, args.stage_dir, args.run_dir)
-    if int(os.environ.get("RANK", "0")) == 0:
-        write_json_atomic(args.stage_dir / "result.json", result)
+    try:
+        result = call_stage(recipe, args.entry, args.stage, inputs, args.stage_dir, args.run_dir)
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_json_atomic(args.stage_dir / "result.json", result)
+    finally:
+        shutdown_process_group()
+
+
+def shutdown_process_group() -> None:
+    """Leave the group explicitly: a gloo group torn down at interpreter exit can abort a rank
+    ("terminate called without an active exception") after the work is done."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
