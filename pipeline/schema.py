@@ -8,11 +8,25 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_groups_keep_stage_defaults(cls, data):
+        """`optim: {lr: 1e-4}` inside `sft:` changes lr only; the other fields keep the *stage's*
+        defaults (e.g. SFT's warmup), not the Optim class defaults."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            if isinstance(field.default, BaseModel) and isinstance(merged.get(key), dict):
+                merged[key] = {**field.default.model_dump(by_alias=True), **merged[key]}
+        return merged
 
 
 # ---------------------------------------------------------------- run-level groups

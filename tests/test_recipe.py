@@ -121,3 +121,12 @@ def test_stage_from_and_per_stage_distributed(tmp_path):
 def test_every_recipe_validates(path):
     recipe = load_recipe(path)
     assert recipe.name
+
+
+def test_partial_optim_keeps_the_stage_defaults(tmp_path):
+    from pipeline.schema import SFTStage
+    recipe = load_recipe(write(tmp_path, "name: t\nsft:\n  optim: {lr: 5e-4}\n"))
+    default = SFTStage().optim
+    assert recipe.sft.optim.lr == pytest.approx(5e-4)
+    assert recipe.sft.optim.warmup_steps == default.warmup_steps
+    assert recipe.sft.optim.weight_decay == default.weight_decay
