@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
 import time
+from pathlib import Path
 
 import torch
 
@@ -75,6 +77,9 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
                                           recipe, ctx, accelerator, optimizer, scheduler, monitor)
     metrics.update({k: v for k, v in train_metrics.items() if k.startswith(("train/", "reward/", "monitor/"))})
     save_model_gathered(accelerator, policy, tokenizer, ctx.out_dir)
+    system_prompt = Path(inputs["policy"]) / "system_prompt.txt"   # what `lifecycle chat` uses with the SFT model
+    if accelerator.is_main_process and system_prompt.is_file():
+        shutil.copy(system_prompt, ctx.out_dir / "system_prompt.txt")
 
     policy = accelerator.unwrap_model(policy)
     after = evaluate(policy, reference, tokenizer, recipe, rm_fn, ctx, "after")

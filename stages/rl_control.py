@@ -6,8 +6,9 @@
 RL's gain means little without it: RL spends compute, and more SFT with the same compute may buy as
 much. The control reuses the SFT stage's own pieces (stages/sft.py: data, batches, the train step)
 with the recipe's `sft` section, on fresh built-in conversations (seed + 1, same families and train
-split), one process. Schedule: the SFT peak lr, cosine-decayed over the wall-time budget (not over a
-step count, which is unknown in advance) to lr * min_lr_ratio, i.e. one more SFT cycle.
+split, packed when the SFT recipe packs), one process. Schedule: the SFT peak lr, cosine-decayed
+over the wall-time budget (not over a step count, which is unknown in advance) to lr * min_lr_ratio,
+i.e. one more SFT cycle.
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ def continue_sft(policy_path: str, recipe, wall_s: float, ctx):
     cfg = recipe.sft
     accelerator = Accelerator()
     model, tokenizer = sft.load_start_model(policy_path)
-    families = sft.check_families(cfg.families)
+    families = sft.check_families(cfg)
     examples = sft.build_examples(cfg, tokenizer, recipe.seed + 1, families, SkipReport())
-    rows = [(ids, labels, None) for ids, labels in examples]
+    pad_id = tokenizer.pad_token_id
+    rows = sft.pack(examples, cfg.max_length, pad_id) if cfg.packing else [(i, lab, None) for i, lab in examples]
     per_step = cfg.micro_batch_size * cfg.grad_accum
     schedule = sft.StepSchedule(len(rows), per_step, recipe.seed + 1)
     model.to(accelerator.device).train()
@@ -47,7 +49,7 @@ def continue_sft(policy_path: str, recipe, wall_s: float, ctx):
         for group in optimizer.param_groups:
             group["lr"] = cfg.optim.lr * time_cosine(time.time() - start, wall_s, cfg.optim.min_lr_ratio)
         loss, _ = sft.train_step(model, optimizer, scheduler, accelerator, [rows[i] for i in schedule.rows(step)],
-                                 cfg, tokenizer.pad_token_id)
+                                 cfg, pad_id)
         step += 1
         if step % 20 == 0:
             ctx.log(f"control | step {step} | loss {loss:.4f} | {time.time() - start:.0f}/{wall_s:.0f}s")

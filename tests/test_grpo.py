@@ -163,3 +163,16 @@ def test_readiness_stops_a_hopeless_policy(tiny_model, tiny_tokenizer, tmp_path)
     save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
     with pytest.raises(UserError, match=r"rl.readiness_min_signal: only 0% .* policy is too weak: pass@2"):
         rl.run(_recipe(readiness_min_signal=0.1), {"policy": str(tmp_path / "sft")}, _stage_ctx(tmp_path))
+
+
+def test_equal_compute_control_trains_for_the_time_budget(tiny_model, tiny_tokenizer, tmp_path):
+    from pipeline.schema import Recipe
+    from stages.model import save_model
+    from stages.rl_control import continue_sft, time_cosine
+    assert time_cosine(0, 10, 0.1) == pytest.approx(1.0) and time_cosine(10, 10, 0.1) == pytest.approx(0.1)
+    save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
+    recipe = Recipe(name="t", sft={"families": ["arithmetic"], "builtin_train_per_family": 8, "micro_batch_size": 2,
+                                   "max_length": 256})
+    model, _, info = continue_sft(str(tmp_path / "sft"), recipe, wall_s=1.0, ctx=_stage_ctx(tmp_path))
+    assert info["steps"] >= 1 and info["wall_s"] >= 1.0
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), tiny_model.parameters()))
