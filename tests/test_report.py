@@ -237,3 +237,7 @@ def test_make_all_on_the_tiny_recipe_reports_the_manifests(tmp_path):
     check_report_against_manifests(run_dir)
     for name in ("loss", "ladder", "rm", "rl"):
         assert (run_dir / "report" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
+    # a second `make all` runs nothing
+    again = subprocess.run([sys.executable, "-m", "pipeline", "run", str(root / "recipes" / "tiny.yaml"),
+                            f"output_dir={tmp_path}"], check=True, cwd=root, env=env, capture_output=True, text=True)
+    assert again.stdout.count(": up to date") == 5 and "running" not in again.stdout
