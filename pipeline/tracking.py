@@ -52,6 +52,7 @@ class Tracker:
                  wandb_cfg: Any = None, is_main: bool = True, echo: bool = True):
         self.stage, self.out_dir, self.is_main, self.echo = stage, Path(out_dir), is_main, echo
         self.start = time.time()
+        self._eta_origin: tuple[float, int] | None = None  # (time, step) of the first step with a total
         self.wandb_run = None
         self.last_step: int | None = None  # tables go to this W&B step (an unstepped log would advance it)
         self.log_file = self.out_dir / "log.txt"
@@ -88,9 +89,21 @@ class Tracker:
             parts.append(f"step {step}/{total}" if total else f"step {step}")
         parts += [_format_value(k, v) for k, v in metrics.items() if isinstance(v, (int, float))]
         if step and total:
-            elapsed = time.time() - self.start
-            parts.append(f"eta {format_duration(elapsed / step * (total - step))}")
+            parts.append(f"eta {self._eta(step, total)}")
         self.info(" | ".join(parts))
+
+    def _eta(self, step: int, total: int) -> str:
+        """Remaining time from the pace since the first step logged with a total, so set-up work
+        before the loop (tokenizing, evals, a resumed run's earlier steps) does not skew it."""
+        now = time.time()
+        if self._eta_origin is None:
+            # first step: only the time since the stage started is known
+            self._eta_origin = (now, step)
+            return format_duration((now - self.start) / step * (total - step))
+        t0, s0 = self._eta_origin
+        if step <= s0:
+            return "?"
+        return format_duration((now - t0) / (step - s0) * (total - step))
 
     def table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         """A table of samples: to W&B as a Table, always to <key>.jsonl in the stage dir."""
