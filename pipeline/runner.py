@@ -52,7 +52,7 @@ def _rl_inputs(recipe: Recipe) -> dict[str, str]:
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("tokenizer", "stages.tokenizer:run", ("seed", "data", "tokenizer"), lambda r: {}, distributed=False),
     StageSpec("pretrain", "stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"),
-              lambda r: _upstream(r, "pretrain", "model", "") if r.pretrain.from_ else {"tokenizer": "tokenizer"}),
+              lambda r: {"model": f"ext:{r.pretrain.from_}"} if r.pretrain.from_ else {"tokenizer": "tokenizer"}),
     StageSpec("sft", "stages.sft:run", ("seed", "sft", "eval"), lambda r: _upstream(r, "sft", "model", "pretrain")),
     StageSpec("rm", "stages.reward_model:run", ("seed", "rm", "eval"), lambda r: _upstream(r, "rm", "model", "sft")),
     StageSpec("rl", "stages.rl:run", ("seed", "rl", "eval"), _rl_inputs),

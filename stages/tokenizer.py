@@ -37,7 +37,6 @@ def _byte_level_tokenizer(individual_digits: bool):
 def train_bpe(texts: Iterable[str], vocab_size: int, individual_digits: bool = True):
     """Train a byte-level BPE and wrap it as a transformers tokenizer with the chat special tokens."""
     from tokenizers import pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
     tok = _byte_level_tokenizer(individual_digits)
     n_merges_vocab = vocab_size - len(SPECIAL_TOKENS)
     if n_merges_vocab <= 256:
