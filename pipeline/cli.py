@@ -119,8 +119,24 @@ COMMANDS = {
 }
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like parse_args, but dotted overrides may also come after options (`run R --force sft a.b=1`).
+
+    argparse fills a positional list once: overrides typed after an option would otherwise be
+    rejected as unrecognized, which is the order people naturally write.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from pipeline.launch import load_entry
     try:
         rc = load_entry(COMMANDS[args.command])(args)

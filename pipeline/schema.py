@@ -84,6 +84,9 @@ class Model(Section):
     seq_len: int = Field(256, ge=8)           # context length (tokens)
     tie_embeddings: bool = True               # share input/output embeddings
     dropout: float = Field(0.0, ge=0, lt=1)   # gpt2 only
+    vocab_size: Optional[int] = Field(None, ge=1)  # embedding rows; None = the tokenizer's size. Larger pads
+    # them (nanoGPT's 50,304 for GPT-2's 50,257: multiples of 64 suit tensor cores); padded ids are never
+    # targets, so training drives their logits down, and our sampler never emits them.
 
 
 # ---------------------------------------------------------------- stages

@@ -48,6 +48,7 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 
 def _next_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen) -> torch.Tensor:
+    """(B,) next ids from (B, V) logits; V is the tokenizer's size (padded embedding rows cut off)."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
@@ -74,6 +75,7 @@ def _tool_tokens(tokenizer, row: _Row, ids: dict) -> list[int]:
 def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
                     top_p: float, top_k: int, use_tools: bool, gen) -> list[_Row]:
     device = next(model.parameters()).device
+    vocab = len(tokenizer)  # a model may pad its embedding past the tokenizer (model.vocab_size)
     ids = {"end": tokenizer.convert_tokens_to_ids(END), "call": tokenizer.convert_tokens_to_ids(CALL),
            "end_call": tokenizer.convert_tokens_to_ids(END_CALL)}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids["end"]
@@ -86,7 +88,7 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
         attn[i, width - len(p):] = 1
     positions = (attn.cumsum(-1) - 1).clamp(min=0)                                          # (B, T)
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=positions, use_cache=True)
-    cache, logits = out.cache, out.logits[:, -1, :]                                         # (B, V)
+    cache, logits = out.cache, out.logits[:, -1, :vocab]                                    # (B, V)
     next_pos = positions[:, -1] + 1                                                         # (B,)
     active = list(range(len(rows)))  # batch slot -> row
     for _ in range(max_new_tokens):
@@ -115,7 +117,7 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
         step_ids = torch.tensor(fed, dtype=torch.long, device=device).unsqueeze(1)          # (K, 1)
         out = model(input_ids=step_ids, attention_mask=attn, position_ids=next_pos.unsqueeze(1),
                     cache=cache, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1, :]
+        cache, logits = out.cache, out.logits[:, -1, :vocab]
         next_pos = next_pos + 1
     return rows
 
@@ -157,6 +159,7 @@ def stream(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int, temp
     device = next(model.parameters()).device
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+    vocab = len(tokenizer)
     ids = {"end": tokenizer.convert_tokens_to_ids(END), "call": tokenizer.convert_tokens_to_ids(CALL),
            "end_call": tokenizer.convert_tokens_to_ids(END_CALL)}
     row = _Row(list(prompt_ids))
@@ -164,7 +167,7 @@ def stream(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int, temp
     model.eval()
     try:
         out = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1, :]                                    # (1, V)
+        cache, logits = out.cache, out.logits[:, -1, :vocab]                               # (1, V)
         for _ in range(max_new_tokens):
             forced = bool(row.forced)
             token = row.forced.popleft() if forced else int(_next_tokens(logits, temperature, top_k, top_p, gen)[0])
@@ -175,6 +178,6 @@ def stream(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int, temp
             if not forced and use_tools and token == ids["end_call"]:
                 row.forced.extend(_tool_tokens(tokenizer, row, ids))
             out = model(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits[:, -1, :]
+            cache, logits = out.cache, out.logits[:, -1, :vocab]
     finally:
         model.train(was_training)

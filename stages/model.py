@@ -10,7 +10,12 @@ from pathlib import Path
 
 def build_config(model_cfg, tokenizer):
     """An HF config for a fresh model: sizes from the recipe, special token ids from the tokenizer."""
-    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+    rows = model_cfg.vocab_size or len(tokenizer)
+    if rows < len(tokenizer):
+        from pipeline.errors import UserError
+        raise UserError(f"model.vocab_size: {rows} is smaller than the tokenizer's {len(tokenizer)} tokens "
+                        "(expected null or at least the tokenizer's size)")
+    ids = dict(vocab_size=rows, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     if model_cfg.arch == "gpt2":
         from transformers import GPT2Config

@@ -134,3 +134,26 @@ def test_stream_matches_generate_and_chat_loop_shows_tool_calls(tiny_tokenizer):
     assert "".join(shown).count("[calc 7*6 = 42]") == 2
     assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "again"},
                         {"role": "assistant", "content": "<|calc|>7*6<|/calc|><|result|>42<|/result|>"}]
+
+
+def test_padded_embedding_rows_are_never_sampled(tiny_model_cfg, tiny_tokenizer):
+    """model.vocab_size pads the embedding (nanoGPT's 50,304); the sampler only draws real token ids."""
+    import pytest
+    from pipeline.errors import UserError
+    from stages.model import build_model
+    vocab = len(tiny_tokenizer)
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg.model_copy(update={"vocab_size": vocab + 200}), tiny_tokenizer)
+    assert model.get_input_embeddings().weight.shape[0] == vocab + 200
+
+    def favour_padding(module, inputs, logits):  # make the padded rows the most likely by far
+        return torch.cat([logits[..., :vocab], logits[..., vocab:] + 100.0], dim=-1)
+
+    model.get_output_embeddings().register_forward_hook(favour_padding)
+    prompt = tiny_tokenizer("The quick brown", add_special_tokens=False)["input_ids"]
+    for temperature in (0.0, 1.0):
+        out = generate(model, tiny_tokenizer, [prompt], max_new_tokens=8, temperature=temperature,
+                       num_samples=4, seed=0, use_tools=False)
+        assert all(t < vocab for c in out[0] for t in c.completion_ids) and len(out[0][0].completion_ids) == 8
+    with pytest.raises(UserError, match="model.vocab_size: 10 is smaller than the tokenizer's"):
+        build_model(tiny_model_cfg.model_copy(update={"vocab_size": 10}), tiny_tokenizer)

@@ -130,3 +130,13 @@ def test_partial_optim_keeps_the_stage_defaults(tmp_path):
     assert recipe.sft.optim.lr == pytest.approx(5e-4)
     assert recipe.sft.optim.warmup_steps == default.warmup_steps
     assert recipe.sft.optim.weight_decay == default.weight_decay
+
+
+def test_overrides_may_follow_options():
+    from pipeline.cli import parse_args
+    args = parse_args(["run", "r.yaml", "a.b=1", "--stages", "pretrain", "--force", "pretrain", "c.d=2"])
+    assert args.overrides == ["a.b=1", "c.d=2"] and args.force == ["pretrain"]
+    with pytest.raises(SystemExit):
+        parse_args(["run", "r.yaml", "--force", "pretrain", "not-an-override"])
+    with pytest.raises(SystemExit):
+        parse_args(["chat", "dir", "a.b=1"])  # chat takes no overrides
