@@ -23,6 +23,7 @@ stage never names it. Three things differ between engines and live here:
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import UserError
@@ -59,12 +60,42 @@ def rank_slice(global_size: int, accelerator, what: str = "global batch") -> sli
     return slice(rank * per, (rank + 1) * per)
 
 
+def mean_over_ranks(accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """The per-rank scalars averaged over all ranks (one all-reduce), so rank 0 logs the global step.
+
+    Every rank must call it with the same keys; one process returns the dict unchanged."""
+    if accelerator.num_processes == 1 or not metrics:
+        return metrics
+    import torch
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(keys, accelerator.reduce(values, "mean").tolist()))
+
+
 def holds_shards(accelerator) -> bool:
     """True when no rank holds whole parameters (FSDP, ZeRO-3): saving must gather them first."""
     from accelerate.utils import DistributedType
     if accelerator.distributed_type == DistributedType.FSDP:
         return True
     return is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def partitions_at_load(accelerator) -> bool:
+    """True under ZeRO-3: from_pretrained then gives every rank only its shard of each weight."""
+    return is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+@contextmanager
+def whole_model_loading(accelerator):
+    """Load a whole model in this process alone, e.g. rank 0 evaluating the saved dir.
+
+    Under ZeRO-3, from_pretrained partitions the weights over the ranks as it loads (zero.Init, a
+    collective): one rank doing it alone would hang, and the others hold nothing to forward with."""
+    if partitions_at_load(accelerator):
+        with accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False):
+            yield
+    else:
+        yield
 
 
 def save_model_gathered(accelerator, model, tokenizer, out_dir: str | Path) -> None:

@@ -167,7 +167,7 @@ class RLStage(Section):
     rewards: dict[str, float] = {}             # reward parts -> weights: verifier, format, rm, module:function; {} = {verifier: 1} (grpo) / {rm: 1} (ppo)
     families: list[str] = []                   # built-in task families to train on; [] = all
     max_steps: int = Field(100, ge=1)          # RL steps: one rollout batch each, then ppo_epochs optimizer steps
-    prompts_per_step: int = Field(8, ge=1)     # prompts per step
+    prompts_per_step: int = Field(8, ge=1)     # prompts per step, per process (N processes sample N x this)
     micro_batch_size: int = Field(64, ge=1)    # completions per forward/backward (the step's loss spans them all)
     num_generations: int = Field(8, ge=1)      # G: samples per prompt (GRPO group size)
     temperature: float = Field(1.0, gt=0)      # sampling temperature

@@ -27,6 +27,7 @@ import time
 
 import torch
 
+from pipeline.distributed import mean_over_ranks
 from stages import losses
 from stages.rollout import collate_completions, per_token_logps
 
@@ -90,7 +91,12 @@ def grpo_update(policy, batch: RolloutBatch, advantages: torch.Tensor, cfg, opti
                 ref_logps=None, old_logps=None, micro: int = 64) -> dict[str, float]:
     """One optimizer step over the whole batch in micro-batches; loss normalised over the full batch."""
     n = batch["input_ids"].size(0)
-    norm = {"num_tokens": batch["completion_mask"].sum().clamp(min=1.0), "num_seqs": float(n)}
+    # [scale-out] each rank holds its own prompts' groups; DDP averages gradients over ranks, so the
+    # token-level loss divides by the mean token count per rank: the sum over ranks then equals one
+    # process's loss over the whole global batch (per-sequence means need no fix: equal rows per rank).
+    tokens = accelerator.reduce(batch["completion_mask"].sum(), "mean") if accelerator.num_processes > 1 \
+        else batch["completion_mask"].sum()
+    norm = {"num_tokens": tokens.clamp(min=1.0), "num_seqs": float(n)}
     totals = {"loss": 0.0, "clipfrac": 0.0, "kl": 0.0}
     for i in range(0, n, micro):
         idx = slice(i, i + micro)
@@ -156,6 +162,7 @@ def train(policy, ref_model, tokenizer, tasks, reward_mix, cfg, ctx, accelerator
                   for j in range(cfg.prompts_per_step)]
         metrics, r = grpo_step(policy, ref_model, tokenizer, picked, reward_mix, cfg, accelerator, optimizer,
                                micro, seed=rng.randrange(2**31))
+        metrics = mean_over_ranks(accelerator, metrics)  # each rank sampled its own prompts
         scheduler.step()
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         if monitor is not None and "rm" in r["parts"]:

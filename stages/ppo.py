@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from pipeline.distributed import is_deepspeed, mean_over_ranks
 from pipeline.errors import UserError
 from stages import losses
 from stages.grpo import batched_logps, collate, completion_logps, gold_rewards, rows, sample_groups
@@ -125,6 +126,9 @@ def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, 
     from stages.optim import make_optimizer
     cfg = recipe.rl
     micro = cfg.micro_batch_size
+    if is_deepspeed(accelerator):
+        raise UserError("rl.distributed.engine: PPO trains two models (policy and value) with one Accelerator, "
+                        "which accelerate's DeepSpeed integration does not support; use engine ddp or fsdp")
     value_model = load_value_model(rm_dir, tokenizer, accelerator.device)
     value_optimizer = make_optimizer(value_model, cfg.optim, str(accelerator.device))
     policy, value_model, optimizer, value_optimizer = accelerator.prepare(policy, value_model, optimizer,
@@ -145,14 +149,16 @@ def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, 
             stats = ppo_epoch(policy, value_model, batch, targets, cfg, accelerator,
                               (optimizer, value_optimizer), micro, ptx)
         scheduler.step()
-        kl = float(targets["kl"].mean())
-        if cfg.adaptive_kl_target is not None:
-            beta = losses.adaptive_kl_beta(beta, kl, cfg.adaptive_kl_target, len(comps))
         lengths = batch["completion_mask"].sum(-1)
         metrics = {"train/loss": stats["pg_loss"] + cfg.vf_coef * stats["vf_loss"],
                    **{f"train/{k}": v for k, v in stats.items() if k != "ptx_loss" or ptx is not None},
-                   **reward_mix.log_metrics(total, parts), "train/kl": kl, "train/beta": beta,
+                   **reward_mix.log_metrics(total, parts), "train/kl": float(targets["kl"].mean()),
                    "train/completion_len": float(lengths.mean()), "train/lr": scheduler.get_last_lr()[0]}
+        metrics = mean_over_ranks(accelerator, metrics)  # each rank sampled its own prompts
+        kl = metrics["train/kl"]
+        metrics["train/beta"] = beta  # the beta this step's rewards used; every rank adapts it alike
+        if cfg.adaptive_kl_target is not None:
+            beta = losses.adaptive_kl_beta(beta, kl, cfg.adaptive_kl_target, len(comps) * accelerator.num_processes)
         if monitor is not None:
             proxy = parts["rm"] if "rm" in parts else total
             metrics.update(monitor.update(step, proxy, gold_rewards(parts, prompts, comps, fields), kl,

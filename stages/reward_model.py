@@ -56,7 +56,7 @@ def load_reward_model(model_dir: str, device):
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
     finally:
         hf_logging.set_verbosity(verbosity)
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = model.get_input_embeddings().num_embeddings  # not weight.shape: ZeRO-3 loads it partitioned (empty)
     if len(tokenizer) > rows:
         raise UserError(f"rm: tokenizer of '{model_dir}' has {len(tokenizer)} tokens but the model embeds {rows}; "
                         "the RM must share the SFT model's tokenizer")
@@ -115,38 +115,55 @@ def ranking_loss_step(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return kway_ranking_loss(grid, batch["ranks"])
 
 
+def global_batches(n: int, per_step: int, epochs: int, seed: int) -> list[list[int]]:
+    """Example indices of every optimizer step: a seeded shuffle per epoch cut into chunks of per_step.
+
+    A short last chunk is dropped (as DataLoader's drop_last), so that N processes x b prompts step
+    exactly like 1 process x N*b: each chunk holds N x prompts_per_batch prompts and every rank takes
+    its slice.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen).tolist()
+        batches += [order[i:i + per_step] for i in range(0, n - per_step + 1, per_step)]
+    return batches
+
+
 def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) -> float:
-    from torch.utils.data import DataLoader
+    from pipeline.distributed import configure_engine, rank_slice
     from stages.optim import make_optimizer, make_scheduler
     examples = [e for e in examples if ranking_pairs(e.ranks)]  # all-tied prompts carry no signal
     if not examples:
         raise UserError("rm: no training prompt has two differently ranked completions (all ties); "
                         "more prompts, a higher rm.temperature, or rm.tie_break: shorter")
-    gen = torch.Generator().manual_seed(ctx.seed)
-    loader = DataLoader(examples, batch_size=cfg.prompts_per_batch, shuffle=True, generator=gen,
-                        collate_fn=lambda b: collate(b, pad_id))
+    world = accelerator.num_processes
+    batches = global_batches(len(examples), cfg.prompts_per_batch * world, cfg.epochs, ctx.seed)
+    if not batches:
+        raise UserError(f"rm: {len(examples)} training prompts make no step of {cfg.prompts_per_batch} prompts x "
+                        f"{world} processes; lower rm.prompts_per_batch or add prompts")
     optimizer = make_optimizer(model, cfg.optim, accelerator.device.type)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    total = cfg.epochs * len(loader)
+    configure_engine(accelerator, micro_batch_size=cfg.prompts_per_batch, grad_clip=cfg.optim.grad_clip)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    total = len(batches)
     scheduler = make_scheduler(optimizer, cfg.optim, total)  # stepped by us once per step (not prepared)
     every = max(1, total // 100)
-    step, loss_value = 0, float("nan")
+    loss_value = float("nan")
     model.train()
-    for _ in range(cfg.epochs):
-        for batch in loader:
-            loss, acc = ranking_loss_step(model, batch)
-            accelerator.backward(loss)
-            if cfg.optim.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_value = loss.item()
-            if step % every == 0 or step == total:
-                ctx.tracker.log({"train/loss": loss_value, "train/pair_acc": acc.item(),
-                                 "train/lr": scheduler.get_last_lr()[0]}, step=step, total=total)
-    return loss_value
+    for step, batch in enumerate(batches, start=1):
+        mine = [examples[i] for i in batch[rank_slice(len(batch), accelerator, "rm step")]]
+        loss, acc = ranking_loss_step(model, {k: v.to(accelerator.device) for k, v in collate(mine, pad_id).items()})
+        accelerator.backward(loss)
+        if cfg.optim.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = accelerator.reduce(loss.detach(), "mean").item()  # equal prompts per rank
+        if step % every == 0 or step == total:
+            ctx.tracker.log({"train/loss": loss_value, "train/pair_acc": accelerator.reduce(acc, "mean").item(),
+                             "train/lr": scheduler.get_last_lr()[0]}, step=step, total=total)
+    return model, loss_value
 
 
 # ---------------------------------------------------------------- eval
@@ -243,10 +260,12 @@ def gather_rankings(recipe, model_dir: str, ctx, accelerator) -> list[Ranked]:
 
 def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
     from accelerate import Accelerator
-    from stages.model import save_model
+    from pipeline.distributed import save_model_gathered, whole_model_loading
     from stages.rollout import tokenizer_hash
     cfg = recipe.rm
-    accelerator = Accelerator(cpu=ctx.device == "cpu", mixed_precision=recipe.distributed_for("rm").mixed_precision)
+    # A plain Accelerator: under `accelerate launch` the launcher's environment picks the engine (DDP,
+    # FSDP, ZeRO); in one process it runs on the GPU when there is one.
+    accelerator = Accelerator(mixed_precision=recipe.distributed_for("rm").mixed_precision)
     ranked = gather_rankings(recipe, inputs["model"], ctx, accelerator)
 
     model, tokenizer = load_reward_model(inputs["model"], accelerator.device)
@@ -263,13 +282,18 @@ def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
     train_ex, test_ex = encode(train_ranked, tokenizer, cfg.max_length), encode(test_ranked, tokenizer, cfg.max_length)
     ctx.log(f"train {len(train_ex)} prompts / {sum(len(ranking_pairs(e.ranks)) for e in train_ex)} pairs, "
             f"held out {len(test_ex)} prompts")
-    final_loss = train(model, train_ex, cfg, ctx, accelerator, tokenizer.pad_token_id)
+    model, final_loss = train(model, train_ex, cfg, ctx, accelerator, tokenizer.pad_token_id)
 
-    model = accelerator.unwrap_model(model).eval()
+    # [scale-out] every rank joins the gather (ZeRO-3/FSDP shard the weights); rank 0 then evaluates
+    # the saved dir, the artifact PPO will load, and writes the centring offset into its config.
+    save_model_gathered(accelerator, model, tokenizer, ctx.out_dir)
+    del model
     metrics: dict[str, float] = {"train/final_loss": final_loss}
     if accelerator.is_main_process:
-        metrics.update(centre_and_evaluate(model, tokenizer, train_ranked, test_ex, cfg, ctx, accelerator.device))
-        save_model(model, tokenizer, ctx.out_dir)
+        with whole_model_loading(accelerator):
+            model, _ = load_reward_model(str(ctx.out_dir), accelerator.device)
+        metrics.update(centre_and_evaluate(model.eval(), tokenizer, train_ranked, test_ex, cfg, ctx, accelerator.device))
+        model.config.save_pretrained(ctx.out_dir)
     accelerator.wait_for_everyone()
     return metrics
 

@@ -178,7 +178,7 @@ def load_start_model(path: str):
     except OSError as exc:
         raise UserError(f"sft.from / inputs.model: cannot load '{path}' as an HF causal LM ({exc})") from None
     ensure_chat_tokens(tokenizer)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # (ZeRO-3 loads weights partitioned)
         model.resize_token_embeddings(len(tokenizer))
     model.config.eos_token_id, model.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     return model, tokenizer
@@ -224,7 +224,7 @@ def evaluate(model, tokenizer, cfg, families: list[str], seed: int, prefix: str,
 
 def run(recipe, inputs, ctx) -> dict[str, float]:
     from accelerate import Accelerator
-    from pipeline.distributed import configure_engine, save_model_gathered
+    from pipeline.distributed import configure_engine, partitions_at_load, save_model_gathered, whole_model_loading
     from stages.optim import make_optimizer, make_scheduler
     cfg = recipe.sft
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
@@ -249,7 +249,12 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     model.to(accelerator.device)
     metrics: dict[str, float] = {}
     if cfg.eval_base and main:
-        base, _ = evaluate(model, tokenizer, cfg, families, recipe.seed, "base", no_tool=False)
+        base_model = model
+        if partitions_at_load(accelerator):  # [scale-out] under ZeRO-3 `model` holds only this rank's shard
+            with whole_model_loading(accelerator):
+                base_model = load_start_model(inputs["model"])[0].to(accelerator.device)
+        base, _ = evaluate(base_model, tokenizer, cfg, families, recipe.seed, "base", no_tool=False)
+        del base_model
         metrics.update(base)
         ctx.log("base: " + _summary(base, "base"))
     accelerator.wait_for_everyone()
@@ -283,7 +288,8 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         (ctx.out_dir / "system_prompt.txt").write_text(cfg.system_prompt or DEFAULT_SYSTEM)
         # evaluate what was saved: the artifact the next stage gets, whole under any engine
         from stages.model import load_causal_lm
-        model, _ = load_causal_lm(ctx.out_dir, device=str(accelerator.device))
+        with whole_model_loading(accelerator):
+            model, _ = load_causal_lm(ctx.out_dir, device=str(accelerator.device))
         final, table = evaluate(model, tokenizer, cfg, families, recipe.seed, "eval", no_tool=True)
         metrics.update(final)
         ctx.tracker.table("samples", ["family", "prompt", "completion", "answer", "score", "well_formed"],

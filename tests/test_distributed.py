@@ -107,3 +107,27 @@ def test_zero2_resumes_from_sharded_optimizer_state(tmp_path, monkeypatch, singl
     assert "resumed at step 2" in (out / "log.txt").read_text()
     assert losses(manifest) == pytest.approx(losses(ref_manifest), abs=1e-5)
     assert_same_weights(load_weights(out), load_weights(ref_dir))
+
+
+GRPO_STAGE = (StageSpec("pretrain", "tests.dist_grpo:train", ("seed", "model", "pretrain"), lambda r: {}),)
+
+
+def test_grpo_update_two_processes_equal_one(tmp_path):
+    """Each rank holds its own prompt groups with a different number of sampled tokens; the token-level
+    GRPO loss over 2 processes must step like one process over the whole rollout (SGD, so the weights
+    show any mis-weighting directly)."""
+    out = {}
+    for name, extra in (("one", []), ("two", ["distributed.num_processes=2", "distributed.engine=ddp"])):
+        base = tmp_path / name
+        base.mkdir()
+        path = base / "r.yaml"
+        path.write_text(RECIPE.format(out=base / "runs"))
+        runner = Runner(load_recipe(path, ["pretrain.max_steps=3", "pretrain.optim.lr=0.5", *extra]), path,
+                        stages=GRPO_STAGE)
+        out[name] = (runner.execute(runner.plan()[0]), base / "runs" / "t" / "pretrain")
+    (one, one_dir), (two, two_dir) = out["one"], out["two"]
+    assert two["launch"].startswith("accelerate launch --multi_gpu --num_processes 2")
+    assert [two["metrics"][f"loss/{i}"] for i in (1, 2, 3)] == pytest.approx(
+        [one["metrics"][f"loss/{i}"] for i in (1, 2, 3)], abs=1e-6)
+    first, last = load_weights(one_dir), load_weights(two_dir)
+    assert_same_weights(first, last, atol=1e-6)

@@ -17,7 +17,7 @@ from stages.losses import group_advantages
 
 class _Acc:  # the bits of accelerate.Accelerator the update uses, for a single CPU process
     device = torch.device("cpu")
-    process_index = 0
+    process_index, num_processes = 0, 1
 
     def backward(self, loss):
         loss.backward()
