@@ -190,6 +190,9 @@ class RLStage(Section):
     readiness_min_signal: float = Field(0.1, ge=0, le=1)  # min share of groups with reward variance
     control: bool = True                       # also train the equal-compute SFT control
     eval_samples: int = Field(4, ge=1)         # k for pass@k in the held-out eval
+    generation: Literal["auto", "hf", "vllm"] = "auto"  # rollout sampler: auto = vLLM when installed with CUDA, else HF
+    vllm_gpu_memory: float = Field(0.3, gt=0, lt=1)  # share of each GPU the colocated vLLM engine may take
+    vllm_max_model_len: int = Field(2048, ge=16)  # vLLM context (prompt + completion tokens)
 
 
 class EvalSection(Section):

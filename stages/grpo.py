@@ -60,15 +60,18 @@ def batched_logps(model, batch: dict, micro: int, temperature: float = 1.0) -> t
                       for i in range(0, n, micro)])
 
 
-def sample_groups(model, tokenizer, tasks, cfg, num_samples: int, seed: int | None):
-    """G completions of each task's prompt, flattened group by group, with the reward fields."""
+def sample_groups(model, tokenizer, tasks, cfg, num_samples: int, seed: int | None, sampler=None):
+    """G completions of each task's prompt, flattened group by group, with the reward fields.
+
+    sampler: a stages.vllm_generation.VLLMSampler holding the policy's current weights, else HF generate."""
     from stages.data.chat import render_prompt
     from stages.generation import generate
     prompts = [render_prompt(tokenizer, t.prompt_messages()) for t in tasks]
     was_training = model.training
     model.eval()
-    groups = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                      top_p=cfg.top_p, num_samples=num_samples, use_tools=True, seed=seed)
+    sample = sampler.generate if sampler is not None else lambda *a, **k: generate(model, tokenizer, *a, **k)
+    groups = sample(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                    top_p=cfg.top_p, num_samples=num_samples, use_tools=True, seed=seed)
     model.train(was_training)
     flat = [c for group in groups for c in group]
     flat_tasks = [t for t in tasks for _ in range(num_samples)]
@@ -121,11 +124,11 @@ def grpo_update(policy, batch: RolloutBatch, advantages: torch.Tensor, cfg, opti
 
 
 def grpo_step(policy, ref_model, tokenizer, tasks, reward_mix, cfg, accelerator, optimizer, micro: int = 64,
-              seed: int | None = None) -> tuple[dict[str, float], dict]:
+              seed: int | None = None, sampler=None) -> tuple[dict[str, float], dict]:
     """Sample G completions of each task, score, and update: (metrics, rollout) for one RL step."""
     G = cfg.num_generations
     t0 = time.time()
-    comps, prompt_texts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, tasks, cfg, G, seed)
+    comps, prompt_texts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, tasks, cfg, G, seed, sampler)
     gen_s = time.time() - t0
     total, parts = reward_mix(prompt_texts, [c.text for c in comps], **fields)
     rewards = torch.tensor(total)
@@ -136,6 +139,8 @@ def grpo_step(policy, ref_model, tokenizer, tasks, reward_mix, cfg, accelerator,
     old_logps = batched_logps(policy, batch, micro, cfg.temperature) if epochs > 1 else None
     for _ in range(epochs):
         stats = grpo_update(policy, batch, advantages, cfg, optimizer, accelerator, ref_logps, old_logps, micro)
+    if sampler is not None:
+        sampler.load_weights(accelerator.unwrap_model(policy))  # the next step samples from the updated policy
     lengths = batch["completion_mask"].sum(-1)
     metrics = {"train/loss": stats["loss"], **reward_mix.log_metrics(total, parts),
                "train/zero_var_groups": losses.zero_variance_fraction(rewards, G),
@@ -151,7 +156,7 @@ def grpo_step(policy, ref_model, tokenizer, tasks, reward_mix, cfg, accelerator,
 
 
 def train(policy, ref_model, tokenizer, tasks, reward_mix, cfg, ctx, accelerator, optimizer, scheduler,
-          monitor=None, micro: int = 64) -> dict[str, float]:
+          monitor=None, micro: int = 64, sampler=None) -> dict[str, float]:
     """The GRPO loop: rl.max_steps rollout batches, each followed by rl.ppo_epochs updates."""
     rng = random.Random(ctx.seed + 1000 * accelerator.process_index)
     order = list(range(len(tasks)))
@@ -161,7 +166,7 @@ def train(policy, ref_model, tokenizer, tasks, reward_mix, cfg, ctx, accelerator
         picked = [tasks[order[((step - 1) * cfg.prompts_per_step + j) % len(order)]]
                   for j in range(cfg.prompts_per_step)]
         metrics, r = grpo_step(policy, ref_model, tokenizer, picked, reward_mix, cfg, accelerator, optimizer,
-                               micro, seed=rng.randrange(2**31))
+                               micro, seed=rng.randrange(2**31), sampler=sampler)
         metrics = mean_over_ranks(accelerator, metrics)  # each rank sampled its own prompts
         scheduler.step()
         metrics["train/lr"] = scheduler.get_last_lr()[0]

@@ -121,7 +121,7 @@ def ppo_epoch(policy, value_model, batch, targets, cfg, accelerator, optimizers,
 
 
 def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, accelerator, optimizer,
-          scheduler, monitor=None):
+          scheduler, monitor=None, sampler=None):
     """The PPO loop; returns (prepared policy, final metrics)."""
     from stages.optim import make_optimizer
     cfg = recipe.rl
@@ -140,7 +140,7 @@ def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, 
     for step in range(1, cfg.max_steps + 1):
         picked = [tasks[order[(step * cfg.prompts_per_step + j) % len(order)]] for j in range(cfg.prompts_per_step)]
         comps, prompts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, picked, cfg,
-                                               cfg.num_generations, seed=rng.randrange(2**31))
+                                               cfg.num_generations, seed=rng.randrange(2**31), sampler=sampler)
         total, parts = reward_mix(prompts, [c.text for c in comps], **fields)
         batch = collate(comps, tokenizer.pad_token_id, accelerator.device)
         scores = torch.tensor(total, device=accelerator.device)
@@ -149,6 +149,8 @@ def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, 
             stats = ppo_epoch(policy, value_model, batch, targets, cfg, accelerator,
                               (optimizer, value_optimizer), micro, ptx)
         scheduler.step()
+        if sampler is not None:
+            sampler.load_weights(accelerator.unwrap_model(policy))
         lengths = batch["completion_mask"].sum(-1)
         metrics = {"train/loss": stats["pg_loss"] + cfg.vf_coef * stats["vf_loss"],
                    **{f"train/{k}": v for k, v in stats.items() if k != "ptx_loss" or ptx is not None},

@@ -58,8 +58,12 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
             f"{len(train_tasks)} train prompts")
 
     metrics = {f"before/{k}": v for k, v in evaluate(policy, reference, tokenizer, recipe, rm_fn, ctx, "before").items()}
+    from stages.vllm_generation import make_sampler
+    sampler = make_sampler(cfg, inputs["policy"], tokenizer, accelerator)  # None: HF generate
+    ctx.log(f"rollouts: {'vLLM (colocated)' if sampler else 'HF generate'} | {accelerator.num_processes} process(es) x "
+            f"{cfg.prompts_per_step} prompts x {cfg.num_generations} samples per step")
     if cfg.algorithm == "grpo":
-        metrics.update(readiness(policy, tokenizer, train_tasks, mix, cfg, ctx))
+        metrics.update(readiness(policy, tokenizer, train_tasks, mix, cfg, ctx, sampler))
 
     optimizer = make_optimizer(policy, cfg.optim, str(device))
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
@@ -70,11 +74,11 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         policy, optimizer = accelerator.prepare(policy, optimizer)
         ref_for_loss = reference if cfg.beta > 0 else None
         train_metrics = grpo.train(policy, ref_for_loss, tokenizer, train_tasks, mix, cfg, ctx, accelerator,
-                                   optimizer, scheduler, monitor, micro=cfg.micro_batch_size)
+                                   optimizer, scheduler, monitor, micro=cfg.micro_batch_size, sampler=sampler)
     else:
         from stages import ppo
         policy, train_metrics = ppo.train(policy, reference, tokenizer, train_tasks, mix, inputs["reward_model"],
-                                          recipe, ctx, accelerator, optimizer, scheduler, monitor)
+                                          recipe, ctx, accelerator, optimizer, scheduler, monitor, sampler)
     metrics.update({k: v for k, v in train_metrics.items() if k.startswith(("train/", "reward/", "monitor/"))})
     save_model_gathered(accelerator, policy, tokenizer, ctx.out_dir)
     system_prompt = Path(inputs["policy"]) / "system_prompt.txt"   # what `lifecycle chat` uses with the SFT model
@@ -121,7 +125,7 @@ def _load_rm(path, device):
 
 
 # ---------------------------------------------------------------- readiness
-def readiness(policy, tokenizer, tasks, mix, cfg, ctx) -> dict[str, float]:
+def readiness(policy, tokenizer, tasks, mix, cfg, ctx, sampler=None) -> dict[str, float]:
     """pass@G and the share of groups with reward variance, in seconds; stop with a diagnosis if too low."""
     from stages.grpo import gold_rewards, sample_groups
     from stages.losses import zero_variance_fraction
@@ -129,7 +133,7 @@ def readiness(policy, tokenizer, tasks, mix, cfg, ctx) -> dict[str, float]:
     G = cfg.num_generations
     picked = random.Random(ctx.seed).sample(tasks, min(READINESS_PROMPTS, len(tasks)))
     t0 = time.time()
-    comps, prompts, fields = sample_groups(policy, tokenizer, picked, cfg, G, seed=ctx.seed)
+    comps, prompts, fields = sample_groups(policy, tokenizer, picked, cfg, G, seed=ctx.seed, sampler=sampler)
     total, parts = mix(prompts, [c.text for c in comps], **fields)
     gold = torch.tensor(gold_rewards(parts, prompts, comps, fields)).view(-1, G)       # (prompts, G)
     signal = 1.0 - zero_variance_fraction(torch.tensor(total), G)
