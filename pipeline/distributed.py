@@ -91,11 +91,17 @@ def whole_model_loading(accelerator):
 
     Under ZeRO-3, from_pretrained partitions the weights over the ranks as it loads (zero.Init, a
     collective): one rank doing it alone would hang, and the others hold nothing to forward with."""
-    if partitions_at_load(accelerator):
-        with accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False):
-            yield
-    else:
+    if not partitions_at_load(accelerator):
         yield
+        return
+    # transformers decides from its global DeepSpeed config (accelerate's plugin keeps it alive);
+    # the plugin's zero3_init_context_manager re-creates that config, so it does not turn this off.
+    from transformers.integrations import set_hf_deepspeed_config, unset_hf_deepspeed_config
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(accelerator.state.deepspeed_plugin.dschf)
 
 
 def save_model_gathered(accelerator, model, tokenizer, out_dir: str | Path) -> None:
