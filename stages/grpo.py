@@ -81,6 +81,17 @@ def sample_groups(model, tokenizer, tasks, cfg, num_samples: int, seed: int | No
     return flat, prompt_texts, fields
 
 
+def reference_overflow(tokenizer, tasks, max_new_tokens: int) -> tuple[float, int]:
+    """(share of tasks whose reference answer, <|end|> included, needs more than max_new_tokens tokens,
+    the longest one in tokens). Such prompts are cut off before their "Answer:" line whatever the policy
+    does, so they always score 0 and carry no GRPO signal: the budget must cover the reference."""
+    from stages.tokenizer import END
+    lengths = [len(tokenizer(t.messages[-1]["content"] + END, add_special_tokens=False)["input_ids"]) for t in tasks]
+    if not lengths:
+        return 0.0, 0
+    return sum(n > max_new_tokens for n in lengths) / len(lengths), max(lengths)
+
+
 def gold_rewards(parts, prompt_texts, comps, fields):
     """The verifier's scores for the monitor: from the mix when it has them, else computed here."""
     if "verifier" in parts:

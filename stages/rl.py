@@ -127,10 +127,14 @@ def _load_rm(path, device):
 # ---------------------------------------------------------------- readiness
 def readiness(policy, tokenizer, tasks, mix, cfg, ctx, sampler=None) -> dict[str, float]:
     """pass@G and the share of groups with reward variance, in seconds; stop with a diagnosis if too low."""
-    from stages.grpo import gold_rewards, sample_groups
+    from stages.grpo import gold_rewards, reference_overflow, sample_groups
     from stages.losses import zero_variance_fraction
     from reward.verifiers import extract_answers
     G = cfg.num_generations
+    cut, longest = reference_overflow(tokenizer, tasks, cfg.max_new_tokens)
+    if cut > 0:
+        ctx.log(f"WARNING: rl.max_new_tokens={cfg.max_new_tokens} cuts off {cut:.0%} of the training prompts' "
+                f"reference answers (longest {longest} tokens): those prompts can never be rewarded")
     picked = random.Random(ctx.seed).sample(tasks, min(READINESS_PROMPTS, len(tasks)))
     t0 = time.time()
     comps, prompts, fields = sample_groups(policy, tokenizer, picked, cfg, G, seed=ctx.seed, sampler=sampler)
@@ -142,7 +146,7 @@ def readiness(policy, tokenizer, tasks, mix, cfg, ctx, sampler=None) -> dict[str
     systematic = [i for i in all_wrong if answers[i * G] is not None and len(set(answers[i * G:(i + 1) * G])) == 1]
     out = {"ready/pass@1": float(gold.mean()), f"ready/pass@{G}": float((gold.max(1).values > 0).float().mean()),
            "ready/signal_groups": signal, "ready/all_right_groups": float((gold.min(1).values > 0).float().mean()),
-           "ready/systematic_groups": len(systematic) / len(picked)}
+           "ready/systematic_groups": len(systematic) / len(picked), "ready/reference_cut": cut}
     ctx.log(f"readiness ({time.time() - t0:.1f}s, {len(picked)} prompts x G={G} at T={cfg.temperature}): "
             f"pass@1 {out['ready/pass@1']:.1%}, pass@{G} {out[f'ready/pass@{G}']:.1%}, "
             f"groups with reward signal {signal:.1%}")

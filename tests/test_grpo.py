@@ -176,3 +176,17 @@ def test_equal_compute_control_trains_for_the_time_budget(tiny_model, tiny_token
     model, _, info = continue_sft(str(tmp_path / "sft"), recipe, wall_s=1.0, ctx=_stage_ctx(tmp_path))
     assert info["steps"] >= 1 and info["wall_s"] >= 1.0
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), tiny_model.parameters()))
+
+
+def test_reference_overflow_counts_answers_the_budget_cuts_off(tiny_tokenizer):
+    from stages.data.tasks import make_tasks
+    from stages.tokenizer import END
+    tasks = make_tasks("arithmetic", 40, 0, "train")
+    lengths = [len(tiny_tokenizer(t.messages[-1]["content"] + END, add_special_tokens=False)["input_ids"])
+               for t in tasks]
+    longest = max(lengths)
+    assert grpo.reference_overflow(tiny_tokenizer, tasks, longest) == (0.0, longest)
+    share, _ = grpo.reference_overflow(tiny_tokenizer, tasks, longest - 1)
+    assert share == pytest.approx(sum(n == longest for n in lengths) / len(tasks)) and share > 0
+    share, _ = grpo.reference_overflow(tiny_tokenizer, tasks, sorted(lengths)[len(lengths) // 2])
+    assert 0 < share <= 0.5
