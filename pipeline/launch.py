@@ -50,7 +50,22 @@ def call_stage(recipe: Recipe, entry: str, stage: str, inputs: dict[str, str], o
 
 def run_in_process(recipe: Recipe, entry: str, stage: str, inputs: dict[str, str], out_dir: Path,
                    run_dir: Path) -> dict:
-    return call_stage(recipe, entry, stage, inputs, out_dir, run_dir)
+    reset_accelerate_state()
+    try:
+        return call_stage(recipe, entry, stage, inputs, out_dir, run_dir)
+    finally:
+        reset_accelerate_state()
+
+
+def reset_accelerate_state() -> None:
+    """Forget the previous in-process stage's Accelerator settings.
+
+    accelerate keeps one AcceleratorState per process: after SFT built Accelerator(mixed_precision=
+    "bf16") on a GPU, the rm stage's Accelerator(mixed_precision="no") would raise "AcceleratorState has
+    already been initialized". Stages run one after another in `lifecycle run`, so each starts clean."""
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState
+        AcceleratorState._reset_state()
 
 
 def engine_args(dist: Distributed) -> list[str]:

@@ -152,3 +152,24 @@ def test_tokenizer_runs_in_one_process_and_process_count_is_not_fingerprinted(tm
     assert many["tokenizer"].command.startswith("in-process")
     assert "--num_processes 8" in many["pretrain"].command and "--num_processes 4" in many["sft"].command
     assert all(one[n].fingerprint == many[n].fingerprint for n in one)
+
+
+def _stage_bf16(recipe, inputs, ctx):
+    from accelerate import Accelerator
+    return {"mp": Accelerator(mixed_precision="bf16", cpu=True).mixed_precision}
+
+
+def _stage_fp32(recipe, inputs, ctx):
+    from accelerate import Accelerator
+    return {"mp": Accelerator(mixed_precision="no", cpu=True).mixed_precision}
+
+
+def test_in_process_stages_each_get_a_fresh_accelerator_state(tmp_path):
+    """On a GPU, SFT builds a bf16 Accelerator and the rm stage an fp32 one in the same process:
+    accelerate's per-process state must not carry over (it raised "already initialized", seen on an H200)."""
+    from pipeline.launch import run_in_process
+    from pipeline.schema import Recipe
+    recipe = Recipe(name="t", tracking={"wandb": False})
+    first = run_in_process(recipe, "tests.test_runner:_stage_bf16", "sft", {}, tmp_path / "a", tmp_path)
+    second = run_in_process(recipe, "tests.test_runner:_stage_fp32", "rm", {}, tmp_path / "b", tmp_path)
+    assert first["metrics"]["mp"] == "bf16" and second["metrics"]["mp"] == "no"
