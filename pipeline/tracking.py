@@ -27,8 +27,22 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-def _format_value(key: str, value: Any) -> str:
-    name = key.split("/")[-1]
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Each key's shortest '/'-suffix that no other key of the line shares ("loss", but
+    "base/acc/arithmetic" next to "eval/acc/arithmetic"), so a console line never repeats a name."""
+    names = {}
+    for key in keys:
+        parts = key.split("/")
+        for n in range(1, len(parts) + 1):
+            name = "/".join(parts[-n:])
+            if sum(k == name or k.endswith("/" + name) for k in keys) == 1:
+                break
+        names[key] = name
+    return names
+
+
+def _format_value(key: str, value: Any, name: str | None = None) -> str:
+    name = name or key.split("/")[-1]
     if name == "tokens_per_s":
         return f"{value / 1000:.1f}k tok/s" if value >= 1000 else f"{value:.0f} tok/s"
     if name == "lr":
@@ -87,7 +101,9 @@ class Tracker:
         parts = []
         if step is not None:
             parts.append(f"step {step}/{total}" if total else f"step {step}")
-        parts += [_format_value(k, v) for k, v in metrics.items() if isinstance(v, (int, float))]
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        names = short_names(list(numbers))
+        parts += [_format_value(k, v, names[k]) for k, v in numbers.items()]
         if step and total:
             parts.append(f"eta {self._eta(step, total)}")
         self.info(" | ".join(parts))

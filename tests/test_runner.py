@@ -173,3 +173,12 @@ def test_in_process_stages_each_get_a_fresh_accelerator_state(tmp_path):
     first = run_in_process(recipe, "tests.test_runner:_stage_bf16", "sft", {}, tmp_path / "a", tmp_path)
     second = run_in_process(recipe, "tests.test_runner:_stage_fp32", "rm", {}, tmp_path / "b", tmp_path)
     assert first["metrics"]["mp"] == "bf16" and second["metrics"]["mp"] == "no"
+
+
+def test_console_line_names_are_unique():
+    from pipeline.tracking import short_names
+    names = short_names(["train/loss", "base/acc/arithmetic", "eval/acc/arithmetic", "eval/format/arithmetic",
+                         "train/kl", "monitor/kl"])
+    assert names == {"train/loss": "loss", "base/acc/arithmetic": "base/acc/arithmetic",
+                     "eval/acc/arithmetic": "eval/acc/arithmetic", "eval/format/arithmetic": "format/arithmetic",
+                     "train/kl": "train/kl", "monitor/kl": "monitor/kl"}
