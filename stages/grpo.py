@@ -172,13 +172,14 @@ def train(policy, ref_model, tokenizer, tasks, reward_mix, cfg, ctx, accelerator
     rng = random.Random(ctx.seed + 1000 * accelerator.process_index)
     order = list(range(len(tasks)))
     rng.shuffle(order)
-    start, last = time.time(), {}
+    start, last, tokens = time.time(), {}, 0.0
     for step in range(1, cfg.max_steps + 1):
         picked = [tasks[order[((step - 1) * cfg.prompts_per_step + j) % len(order)]]
                   for j in range(cfg.prompts_per_step)]
         metrics, r = grpo_step(policy, ref_model, tokenizer, picked, reward_mix, cfg, accelerator, optimizer,
                                micro, seed=rng.randrange(2**31), sampler=sampler)
         metrics = mean_over_ranks(accelerator, metrics)  # each rank sampled its own prompts
+        tokens += metrics["train/completion_len"] * len(picked) * cfg.num_generations * accelerator.num_processes
         scheduler.step()
         metrics["train/lr"] = scheduler.get_last_lr()[0]
         if monitor is not None and "rm" in r["parts"]:
@@ -191,4 +192,5 @@ def train(policy, ref_model, tokenizer, tasks, reward_mix, cfg, ctx, accelerator
             break
     last["train/wall_s"] = time.time() - start
     last["train/steps"] = step
+    last["train/tokens"] = tokens  # sampled completion tokens trained on, all ranks
     return last

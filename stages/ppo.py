@@ -136,7 +136,7 @@ def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, 
     ptx = ptx_batches(tokenizer, tasks, micro, recipe.sft.max_length, ctx.seed) if cfg.ptx_coef > 0 else None
     rng = random.Random(ctx.seed + 1000 * accelerator.process_index)
     order = rng.sample(range(len(tasks)), len(tasks))
-    beta, start, last, epochs = cfg.beta, time.time(), {}, cfg.ppo_epochs or 2
+    beta, start, last, epochs, tokens = cfg.beta, time.time(), {}, cfg.ppo_epochs or 2, 0.0
     for step in range(1, cfg.max_steps + 1):
         picked = [tasks[order[(step * cfg.prompts_per_step + j) % len(order)]] for j in range(cfg.prompts_per_step)]
         comps, prompts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, picked, cfg,
@@ -158,6 +158,7 @@ def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, 
                    "train/completion_len": float(lengths.mean()), "train/lr": scheduler.get_last_lr()[0]}
         metrics = mean_over_ranks(accelerator, metrics)  # each rank sampled its own prompts
         kl = metrics["train/kl"]
+        tokens += metrics["train/completion_len"] * len(comps) * accelerator.num_processes
         metrics["train/beta"] = beta  # the beta this step's rewards used; every rank adapts it alike
         if cfg.adaptive_kl_target is not None:
             beta = losses.adaptive_kl_beta(beta, kl, cfg.adaptive_kl_target, len(comps) * accelerator.num_processes)
@@ -170,5 +171,5 @@ def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, 
         if monitor is not None and monitor.should_stop:
             ctx.log(f"stopped at step {step}: reward hacking (rl.stop_on_hacking)")
             break
-    last.update({"train/wall_s": time.time() - start, "train/steps": step})
+    last.update({"train/wall_s": time.time() - start, "train/steps": step, "train/tokens": tokens})
     return policy, last

@@ -163,7 +163,8 @@ def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) ->
         if step % every == 0 or step == total:
             ctx.tracker.log({"train/loss": loss_value, "train/pair_acc": accelerator.reduce(acc, "mean").item(),
                              "train/lr": scheduler.get_last_lr()[0]}, step=step, total=total)
-    return model, loss_value
+    tokens = sum(len(s) for batch in batches for i in batch for s in examples[i].seqs)
+    return model, loss_value, float(tokens)
 
 
 # ---------------------------------------------------------------- eval
@@ -282,13 +283,13 @@ def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
     train_ex, test_ex = encode(train_ranked, tokenizer, cfg.max_length), encode(test_ranked, tokenizer, cfg.max_length)
     ctx.log(f"train {len(train_ex)} prompts / {sum(len(ranking_pairs(e.ranks)) for e in train_ex)} pairs, "
             f"held out {len(test_ex)} prompts")
-    model, final_loss = train(model, train_ex, cfg, ctx, accelerator, tokenizer.pad_token_id)
+    model, final_loss, tokens = train(model, train_ex, cfg, ctx, accelerator, tokenizer.pad_token_id)
 
     # [scale-out] every rank joins the gather (ZeRO-3/FSDP shard the weights); rank 0 then evaluates
     # the saved dir, the artifact PPO will load, and writes the centring offset into its config.
     save_model_gathered(accelerator, model, tokenizer, ctx.out_dir)
     del model
-    metrics: dict[str, float] = {"train/final_loss": final_loss}
+    metrics: dict[str, float] = {"train/final_loss": final_loss, "train/tokens": tokens}
     if accelerator.is_main_process:
         with whole_model_loading(accelerator):
             model, _ = load_reward_model(str(ctx.out_dir), accelerator.device)

@@ -266,14 +266,17 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     configure_engine(accelerator, micro_batch_size=cfg.micro_batch_size, grad_clip=cfg.optim.grad_clip)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
+    trained_tokens = 0
     for step in range(cfg.max_steps):
         t0 = time.perf_counter()
         lr = scheduler.get_last_lr()[0]
         loss, n_tokens = train_step(model, optimizer, scheduler, accelerator,
                                     [rows[i] for i in schedule.rows(step)], cfg, pad_id)
+        trained_tokens += n_tokens
         ctx.tracker.log({"train/loss": loss, "train/lr": lr, "train/tokens_per_s": n_tokens / (time.perf_counter() - t0),
                          "train/epoch": (step + 1) * per_step / len(rows)}, step=step + 1, total=cfg.max_steps)
     metrics["train/loss"] = loss
+    metrics["train/tokens"] = float(trained_tokens)  # every rank's rows (packed tokens incl. prompts)
 
     if cfg.lora:
         merged = merge_lora(accelerator.unwrap_model(model))

@@ -176,6 +176,7 @@ def test_rm_two_processes_equal_one(tmp_path, sft_one, rm_one, engine):
     assert_same_weights(weights(out), weights(rm_one))
     ours, theirs = (json.loads((d / "manifest.json").read_text())["metrics"] for d in (out, rm_one))
     assert ours["eval/pairwise_acc"] == theirs["eval/pairwise_acc"] and ours["eval/n_pairs"] > 0
+    assert ours["train/tokens"] == theirs["train/tokens"] > 0      # the report's tokens column, all ranks
     model = AutoModelForSequenceClassification.from_pretrained(str(out))
     assert model.config.num_labels == 1 and model.config.reward_offset == pytest.approx(
         AutoModelForSequenceClassification.from_pretrained(str(rm_one)).config.reward_offset, abs=1e-4)
@@ -221,4 +222,5 @@ def test_rl_stage_runs_on_two_processes(tmp_path, sft_one, algorithm):
     steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if "train/loss" in r][:2] == [1, 2]
     assert "eval/acc/arithmetic" in manifest["metrics"] and "gain/acc/arithmetic" in manifest["metrics"]
+    assert manifest["metrics"]["train/tokens"] > 0
     AutoModelForCausalLM.from_pretrained(str(out))
