@@ -190,3 +190,26 @@ def test_reference_overflow_counts_answers_the_budget_cuts_off(tiny_tokenizer):
     assert share == pytest.approx(sum(n == longest for n in lengths) / len(tasks)) and share > 0
     share, _ = grpo.reference_overflow(tiny_tokenizer, tasks, sorted(lengths)[len(lengths) // 2])
     assert 0 < share <= 0.5
+
+
+def test_zero_advantage_rows_are_skipped_without_changing_the_gradient(tiny_model, tiny_tokenizer):
+    from stages import losses
+    comps = _rollout(tiny_model, tiny_tokenizer)
+    batch = grpo.collate(comps, tiny_tokenizer.pad_token_id)
+    adv = group_advantages(torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1]), 4)   # the second group has no signal
+    assert (adv[4:] == 0).all() and (adv[:4] != 0).all()
+    noop = SimpleNamespace(step=lambda: None, zero_grad=lambda **k: None)
+    for loss_type in ("token", "sequence"):
+        cfg = _cfg(loss_type=loss_type)
+        ref_model = copy.deepcopy(tiny_model)   # the full-batch loss, every row through the model
+        lp = grpo.completion_logps(ref_model, batch, cfg.temperature)
+        loss, _ = losses.grpo_loss(lp, lp.detach(), adv, batch["completion_mask"], loss_type=loss_type)
+        loss.backward()
+        model = copy.deepcopy(tiny_model)
+        seen = []
+        model.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["input_ids"].size(0)),
+                                    with_kwargs=True)
+        grpo.grpo_update(model, batch, adv, cfg, noop, _Acc(), micro=8)
+        assert seen == [4]                       # only the rows with an advantage ran forward/backward
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            assert (p.grad is None and q.grad is None) or torch.allclose(p.grad, q.grad, atol=1e-7)
