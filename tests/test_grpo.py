@@ -213,3 +213,24 @@ def test_zero_advantage_rows_are_skipped_without_changing_the_gradient(tiny_mode
         assert seen == [4]                       # only the rows with an advantage ran forward/backward
         for p, q in zip(model.parameters(), ref_model.parameters()):
             assert (p.grad is None and q.grad is None) or torch.allclose(p.grad, q.grad, atol=1e-7)
+
+
+def test_ratio_logps_are_the_sampling_distribution(tiny_model, tiny_tokenizer):
+    """The logps GRPO puts in the ratio are log-probs of the distribution the sampler drew from: the
+    logits over the tokenizer's vocabulary divided by the temperature, whatever the padding."""
+    tok, T = tiny_tokenizer, 0.7
+    prompts = [tok("<|bos|><|user|>What is 1 + 2?<|end|><|assistant|>", add_special_tokens=False)["input_ids"],
+               tok("<|bos|><|user|>Spell strawberry please<|end|><|assistant|>", add_special_tokens=False)["input_ids"]]
+    out = generate(tiny_model, tok, prompts, max_new_tokens=8, temperature=T, num_samples=3, use_tools=False, seed=1)
+    comps = [c for group in out for c in group]
+    batch = grpo.collate(comps, tok.pad_token_id)
+    with torch.no_grad():
+        lp = grpo.completion_logps(tiny_model, batch, T)
+        for i, c in enumerate(comps):
+            ids = torch.tensor([list(c.prompt_ids) + list(c.completion_ids)])
+            logits = tiny_model(input_ids=ids).logits[0, :, :len(tok)].float() / T
+            want = torch.log_softmax(logits, -1)[len(c.prompt_ids) - 1:-1].gather(
+                -1, torch.tensor(c.completion_ids).unsqueeze(-1)).squeeze(-1)
+            p = len(c.prompt_ids)
+            assert torch.allclose(lp[i, p:p + len(c.completion_ids)], want, atol=1e-5)
+            assert lp[i, :p].abs().sum() == 0 and lp[i, p + len(c.completion_ids):].abs().sum() == 0
