@@ -119,7 +119,7 @@ def suite_rm(checkpoint, recipe, ctx, limit: int | None = None) -> EvalResult:
     """The rm stage's held-out metrics for any RM dir: the recipe's rollouts, ranked by its rankers, test split."""
     from reward.model_scorer import RewardModelScorer
     from reward.ranking import collect_rankings
-    from stages.reward_model import encode, is_test, ranking_metrics, score_examples
+    from stages.reward_model import encode, is_test, ranking_metrics, score_examples, split_key
     from stages.rollout import read_rollouts
     path = ctx.run_dir / "rollouts.jsonl"
     rollouts = read_rollouts(path)
@@ -127,7 +127,7 @@ def suite_rm(checkpoint, recipe, ctx, limit: int | None = None) -> EvalResult:
         raise UserError(f"{path}: no rollouts to evaluate the RM on; run `lifecycle rollouts RECIPE` "
                         "(or the rm stage) and pass --recipe")
     cfg = recipe.rm
-    ranked = [r for r in collect_rankings(cfg, rollouts, _device(), log=ctx.log) if is_test(r.prompt_id, cfg.test_fraction)]
+    ranked = [r for r in collect_rankings(cfg, rollouts, _device(), log=ctx.log) if is_test(split_key(r), cfg.test_fraction)]
     ranked = ranked[:limit] if limit else ranked
     scorer = RewardModelScorer(checkpoint, device=_device())
     examples = encode(ranked, scorer.tokenizer, cfg.max_length)

@@ -18,6 +18,7 @@ Ties (equal ranks) give no pair. Our own loop on accelerate, as TRL's RewardTrai
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -82,9 +83,16 @@ def encode(ranked: list[Ranked], tokenizer, max_length: int) -> list[Example]:
     return out
 
 
-def is_test(prompt_id: str, fraction: float) -> bool:
-    digest = hashlib.sha256(prompt_id.encode()).digest()
+def is_test(key: str, fraction: float) -> bool:
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def split_key(r: Ranked) -> str:
+    """What the held-out split hashes: the prompt's text, so a prompt drawn twice (identity and "I don't know"
+    questions come from small pools and repeat under different ids) is never on both sides; the prompt id
+    where there is no prompt (whole-text pairs)."""
+    return json.dumps(r.prompt_messages, sort_keys=True) if r.prompt_messages else r.prompt_id
 
 
 # ---------------------------------------------------------------- batches and the loop
@@ -277,7 +285,7 @@ def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
         if other and {"verifier", "judge"} & set(cfg.rankers):
             raise UserError(f"rm: rollouts.jsonl was sampled with another tokenizer ({other.pop()}) than the RM's "
                             f"({ours}); the RM must share the policy's tokenizer")
-    test_mask = [is_test(r.prompt_id, cfg.test_fraction) for r in ranked]
+    test_mask = [is_test(split_key(r), cfg.test_fraction) for r in ranked]
     train_ranked = [r for r, t in zip(ranked, test_mask) if not t]
     test_ranked = [r for r, t in zip(ranked, test_mask) if t]
     train_ex, test_ex = encode(train_ranked, tokenizer, cfg.max_length), encode(test_ranked, tokenizer, cfg.max_length)

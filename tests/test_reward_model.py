@@ -144,3 +144,18 @@ def test_ranking_metrics_by_hand():
     assert m["eval/top1_acc"] == 0.5 and m["eval/top1_chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert m["eval/gold_pairwise_acc_correctness"] == pytest.approx(2 / 3) and m["eval/gold_n_pairs_correctness"] == 3
     assert m["eval/gold_pairwise_acc_format"] == 1.0 and m["eval/gold_n_pairs_format"] == 1
+
+
+def test_held_out_split_is_by_prompt_text_so_a_repeated_prompt_is_on_one_side():
+    from reward.ranking import Ranked
+    from stages.reward_model import is_test, split_key
+    question = [{"role": "user", "content": "Who made you?"}]
+    # the same question drawn 40 times under different ids (identity/unknown prompts come from small pools)
+    repeats = [Ranked(f"{i:05d}-abc", "identity", question, ["a", "b"], [0, 1], "verifier") for i in range(40)]
+    assert len({is_test(split_key(r), 0.5) for r in repeats}) == 1
+    assert len({is_test(r.prompt_id, 0.5) for r in repeats}) == 2      # what splitting by id did: both sides
+    others = [Ranked(f"q{i}", "identity", [{"role": "user", "content": f"Question {i}?"}], ["a"], [0], "v")
+              for i in range(200)]
+    assert 60 < sum(is_test(split_key(r), 0.5) for r in others) < 140  # distinct prompts still split ~evenly
+    pair = Ranked("hh:3", "pairs:hh", None, ["x", "y"], [0, 1], "pairs:hh")
+    assert split_key(pair) == "hh:3"                                    # no prompt: the id
