@@ -42,6 +42,23 @@ def build_model(model_cfg, tokenizer):
     return AutoModelForCausalLM.from_config(config)
 
 
+def mask_padded_vocab(model, vocab: int) -> None:
+    """Give embedding rows past the tokenizer (model.vocab_size padding) logit -inf in every forward.
+
+    Our sampler never draws them (stages.generation cuts the logits to the tokenizer's size), so RL's
+    log-probs, ratios and KL must normalise over the same tokens. A forward hook, not a weight change:
+    nothing of it is saved."""
+    import torch
+    head = model.get_output_embeddings()
+    if head is None or head.weight.shape[0] <= vocab:
+        return
+
+    def cut(module, inputs, logits):
+        return logits.masked_fill(torch.arange(logits.size(-1), device=logits.device) >= vocab, float("-inf"))
+
+    head.register_forward_hook(cut)
+
+
 def count_parameters(model, exclude_embeddings: bool = False) -> int:
     total = sum(p.numel() for p in model.parameters())
     if exclude_embeddings:

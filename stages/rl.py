@@ -39,7 +39,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
 
     from pipeline.distributed import configure_engine, save_model_gathered
     from reward.combine import RewardMix
-    from stages.model import load_causal_lm
+    from stages.model import load_causal_lm, mask_padded_vocab
     from stages.optim import make_optimizer, make_scheduler
     from stages.rl_monitor import HackingMonitor
 
@@ -48,6 +48,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     accelerator = Accelerator()
     device = accelerator.device
     policy, tokenizer = load_causal_lm(inputs["policy"], device=str(device))
+    mask_padded_vocab(policy, len(tokenizer))  # log-probs over the tokens the sampler can draw
     reference = frozen_copy(policy)
     rewards = cfg.rewards or DEFAULT_REWARDS[cfg.algorithm]
     mix = RewardMix(rewards, inputs.get("reward_model"), device=str(device))

@@ -234,3 +234,24 @@ def test_ratio_logps_are_the_sampling_distribution(tiny_model, tiny_tokenizer):
             p = len(c.prompt_ids)
             assert torch.allclose(lp[i, p:p + len(c.completion_ids)], want, atol=1e-5)
             assert lp[i, :p].abs().sum() == 0 and lp[i, p + len(c.completion_ids):].abs().sum() == 0
+
+
+def test_padded_vocab_logps_normalise_over_the_tokenizer(tiny_model_cfg, tiny_tokenizer):
+    """With model.vocab_size padding, RL's log-probs use the tokens the sampler can draw (the rl stage
+    masks the padded rows), so the ratio and KL compare the sampled distribution."""
+    from stages.model import build_model, mask_padded_vocab
+    vocab = len(tiny_tokenizer)
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg.model_copy(update={"vocab_size": vocab + 64}), tiny_tokenizer)
+    prompt = tiny_tokenizer("The quick brown", add_special_tokens=False)["input_ids"]
+    comp = Completion(prompt, [5, 6, 7], [0, 0, 0], "", False)
+    batch = grpo.collate([comp], tiny_tokenizer.pad_token_id)
+    before = grpo.completion_logps(model, batch)
+    mask_padded_vocab(model, vocab)
+    after = grpo.completion_logps(model, batch)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits[0, :-1, :vocab]
+    want = torch.log_softmax(logits.float(), -1)[torch.arange(logits.size(0)), batch["input_ids"][0, 1:]]
+    p = len(prompt)
+    assert torch.allclose(after[0, p:], want[p - 1:], atol=1e-5)
+    assert (after[0, p:] > before[0, p:]).all()          # the padded rows no longer take probability mass
