@@ -75,9 +75,7 @@ def mean_over_ranks(accelerator, metrics: dict[str, float]) -> dict[str, float]:
 def holds_shards(accelerator) -> bool:
     """True when no rank holds whole parameters (FSDP, ZeRO-3): saving must gather them first."""
     from accelerate.utils import DistributedType
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    return is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
+    return accelerator.distributed_type == DistributedType.FSDP or partitions_at_load(accelerator)
 
 
 def partitions_at_load(accelerator) -> bool:
