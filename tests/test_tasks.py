@@ -81,6 +81,21 @@ def test_column_working_spells_the_result(a, b):
         assert int(lines[-1].rsplit(": ", 1)[1]) == value  # the result so far, on the last line
 
 
+@pytest.mark.parametrize("a, b", [(402, 187), (347, 85), (1000 - 1, 999), (510, 96)])
+def test_each_column_line_starts_with_its_inputs_and_its_sum_holds(a, b):
+    # "models need tokens to think": a line writes the column's digits and the carry/borrow in first,
+    # and decides a borrow ("+10") only after them, so no token has to look three places up at once
+    for lines, op in ((add_working(a, b), "+"), (sub_working(a, b), "-")):
+        width = max(len(str(a)), len(str(b)))
+        carry = 0
+        for i, line in enumerate(lines[:width]):
+            da, db = (int(str(n).zfill(width)[::-1][i]) for n in (a, b))
+            lhs, rhs = line.split(",")[0].split("=")
+            assert lhs.startswith(f"{da}{op}{db}{op}{carry}")
+            assert eval(lhs) == int(rhs)  # noqa: S307 - our own digits and operators
+            carry = 1 if ("carry 1" in line or "borrow 1" in line) else 0
+
+
 def test_decimal_working():
     lines, answer = compare_working("9.9", "9.11", "bigger")
     assert answer == "9.9" and lines[0] == "Align the digits: 9.90 and 9.11."

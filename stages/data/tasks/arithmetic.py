@@ -11,8 +11,12 @@ digit's worth of work, so a small model never has to produce a multi-digit sum i
 Each column line is "top digit + bottom digit + carry in", the digit written, and after the colon the
 result so far (the new digit in front of the previous line's): reading the written digits back in
 reverse order is what small models got wrong, copying the line above is easy. Subtraction keeps the
-result non-negative; a column that needs a borrow writes its top digit with a leading 1
-("14-8-0=6, write 6 borrow 1"), and leading zeros of the result so far are dropped in the answer.
+result non-negative; a column that needs a borrow says so after its digits ("4-8-0+10=6, write 6
+borrow 1"), and leading zeros of the result so far are dropped in the answer. The borrow decision
+comes after the digits it depends on: the earlier form wrote the top digit with a leading 1
+("14-8-0=6"), deciding the borrow before either digit was on the page; with it, SFT (tiny recipe,
+700 steps, seed 1337) got 2% of held-out subtractions right, with "+10" 37%, and copy errors of the
+column's digits fell from 20 of 182 failures to 6 of 141.
 The working is terse on purpose: every token costs SFT and RL time on a CPU, and operators without
 spaces are single tokens. Our own generator rather than reasoning-gym's gsm_symbolic: its multi-step
 problems with large numbers are far beyond a ~1M-parameter model, and RL needs this family learnable
@@ -70,11 +74,11 @@ def sub_working(a: int, b: int) -> list[str]:
     width = len(str(a))
     lines, written, borrow = [], [], 0
     for da, db in zip(_digits(a, width), _digits(b, width)):
-        top, borrow_in = da, borrow
+        borrow_in = borrow
         borrow = 1 if da - borrow_in < db else 0
-        top += 10 * borrow
-        result = top - db - borrow_in
-        lines.append(f"{top}-{db}-{borrow_in}={result}, write {result}" + (" borrow 1" if borrow else ""))
+        result = da + 10 * borrow - db - borrow_in
+        lines.append(f"{da}-{db}-{borrow_in}" + ("+10" if borrow else "") + f"={result}, write {result}"
+                     + (" borrow 1" if borrow else ""))
         written.append(result)
     return _with_result_so_far(lines, written)
 
