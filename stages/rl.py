@@ -148,7 +148,8 @@ def readiness(policy, tokenizer, tasks, mix, cfg, ctx, sampler=None) -> dict[str
     out = {"ready/pass@1": float(gold.mean()), f"ready/pass@{G}": float((gold.max(1).values > 0).float().mean()),
            "ready/signal_groups": signal, "ready/all_right_groups": float((gold.min(1).values > 0).float().mean()),
            "ready/systematic_groups": len(systematic) / len(picked), "ready/reference_cut": cut}
-    ctx.log(f"readiness ({time.time() - t0:.1f}s, {len(picked)} prompts x G={G} at T={cfg.temperature}): "
+    nucleus = f", top_p {cfg.top_p}" if cfg.top_p < 1 else ""
+    ctx.log(f"readiness ({time.time() - t0:.1f}s, {len(picked)} prompts x G={G} at T={cfg.temperature}{nucleus}): "
             f"pass@1 {out['ready/pass@1']:.1%}, pass@{G} {out[f'ready/pass@{G}']:.1%}, "
             f"groups with reward signal {signal:.1%}")
     if signal < cfg.readiness_min_signal:
