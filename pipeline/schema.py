@@ -156,6 +156,7 @@ class RMStage(Section):
     max_length: int = Field(512, ge=16)        # tokens per prompt+completion; longer keep their last tokens
     epochs: int = Field(2, ge=1)               # passes over the ranked prompts
     prompts_per_batch: int = Field(4, ge=1)    # prompts (each with K completions) per optimizer step, per process
+    process_coef: float = Field(0.0, ge=0)     # weight of the per-token "still on the reference path" loss; 0 = off
     optim: Optim = Optim(lr=1e-4, warmup_steps=10, weight_decay=0.0)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # prompts held out for pairwise/top-1 accuracy
 

@@ -205,6 +205,18 @@ def kway_ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> tuple[torch
     return per_prompt.mean(), correct.detach()
 
 
+def process_loss(token_scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token auxiliary loss of the reward model (process supervision, Lightman et al. 2023).
+
+    token_scores (N, T): the score head read at every position; labels (N, T): 1 = the completion is still
+    on a path to a right answer after this token, 0 = it has gone wrong, -1 = not scored (prompt, padding).
+    Binary cross-entropy of sigmoid(score) against the label, mean over scored tokens (0 when there are none)."""
+    scored = labels >= 0
+    if not scored.any():
+        return token_scores.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(token_scores.float()[scored], labels[scored].float())
+
+
 def bits_per_byte(nll_nats_sum: float, n_bytes: int) -> float:
     """Tokenizer-independent LM quality: total next-token loss (nats) over the text, in bits per UTF-8 byte."""
     return nll_nats_sum / math.log(2) / max(n_bytes, 1)

@@ -11,6 +11,11 @@ margin taken from those K scalars); (5) centring: the mean reward of reference a
 config.reward_offset and subtracted by reward/model_scorer.py; (6) held-out pairwise and top-1 accuracy
 per family, agreement with the verifier's gold ranking, a reward histogram (reward_hist.png).
 
+Option `rm.process_coef` adds a per-token loss (process supervision, Lightman et al. 2023): the same
+score head, read at every completion token, learns whether the completion is still on a path to a right
+answer there (`process_labels`). The RM still reads the last token; the extra targets teach it where
+answers go wrong, which one bit per ranked pair barely does.
+
 Departures: InstructGPT centred on labeler demonstrations; we use the tasks' reference answers (else the
 best-ranked completions). HF's score head has no bias, so the shift lives in config.json, not the weights.
 Ties (equal ranks) give no pair. Our own loop on accelerate, as TRL's RewardTrainer takes pairs only.
@@ -29,7 +34,9 @@ import torch
 from pipeline.errors import UserError
 from reward.model_scorer import reward_logits, rm_input_ids
 from reward.ranking import Ranked, collect_rankings, load_pairs, ranking_pairs
-from stages.losses import kway_ranking_loss
+from stages.losses import kway_ranking_loss, process_loss
+
+TOP_TIER = 3  # reward.ranking.verifier_tier: correct and well formed
 
 
 @dataclass
@@ -39,6 +46,7 @@ class Example:
     family: str
     gold: list[int] | None    # verifier tiers, higher = better
     source: str
+    labels: list[list[int]] | None = None  # per token of each seq, for rm.process_coef (process_labels)
 
 
 # ---------------------------------------------------------------- model + tokenizer
@@ -73,14 +81,42 @@ def load_reward_model(model_dir: str, device):
     return model.to(device), tokenizer
 
 
-def encode(ranked: list[Ranked], tokenizer, max_length: int) -> list[Example]:
+def encode(ranked: list[Ranked], tokenizer, max_length: int, process: bool = False) -> list[Example]:
+    """Token ids of every completion (and, with process=True, per-token process labels where the prompt has
+    a reference answer and verifier tiers)."""
     from stages.data.chat import render_text
     out = []
     for r in ranked:
         prompt = render_text(tokenizer, r.prompt_messages, add_generation_prompt=True) if r.prompt_messages else ""
-        out.append(Example([rm_input_ids(tokenizer, prompt, c, max_length) for c in r.completions], r.ranks,
-                           r.family, r.gold, r.source))
+        seqs = [rm_input_ids(tokenizer, prompt, c, max_length) for c in r.completions]
+        labels = None
+        if process and r.reference and r.gold:
+            ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+            reference = ids(r.reference)
+            labels = [process_labels(seq, ids(c), reference, tier) for seq, c, tier in zip(seqs, r.completions, r.gold)]
+        out.append(Example(seqs, r.ranks, r.family, r.gold, r.source, labels))
     return out
+
+
+def process_labels(seq: list[int], completion: list[int], reference: list[int], tier: int) -> list[int]:
+    """Per-token targets of seq (prompt + completion ids, maybe cut on the left) for the process loss.
+
+    -1 on the prompt. On the completion, 1 while it is still on a path to a right, well-formed answer and
+    0 from its first wrong token: every token when the verifier rates it correct and well formed, else the
+    tokens before the first one that differs from the task's reference answer (at the latest its last token:
+    a completion cut short went wrong by stopping). The built-in tasks' working is deterministic, so that
+    token is the first mistake. All -1 when seq does not end with the completion."""
+    n = min(len(seq), len(completion))
+    if seq[len(seq) - n:] != completion[len(completion) - n:]:
+        return [-1] * len(seq)
+    good = len(completion)
+    if tier < TOP_TIER:
+        good = 0
+        while good < min(len(completion), len(reference)) and completion[good] == reference[good]:
+            good += 1
+        good = min(good, len(completion) - 1)
+    start = len(seq) - len(completion)  # where completion token 0 sits (negative when cut)
+    return [-1 if p < start else int(p - start < good) for p in range(len(seq))]
 
 
 def is_test(key: str, fraction: float) -> bool:
@@ -111,16 +147,37 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     for b, e in enumerate(examples):
         ranks[b, :len(e.ranks)] = torch.tensor(e.ranks, dtype=torch.long)
         slots += [b * k + j for j in range(len(e.seqs))]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks,
-            "slots": torch.tensor(slots, dtype=torch.long)}
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "ranks": ranks,
+           "slots": torch.tensor(slots, dtype=torch.long)}
+    if any(e.labels for e in examples):
+        labels = torch.full((len(seqs), width), -1, dtype=torch.long)          # (N, T), -1 = not scored
+        rows = [lab for e in examples for lab in (e.labels or [[-1] * len(s) for s in e.seqs])]
+        for i, lab in enumerate(rows):
+            labels[i, :len(lab)] = torch.tensor(lab, dtype=torch.long)
+        out["token_labels"] = labels
+    return out
 
 
-def ranking_loss_step(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward pass over every completion of the batch, then the K-way loss on the (B, K) grid."""
-    rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]  # (N,)
+def ranking_loss_step(model, batch: dict, process_coef: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass over every completion of the batch, then the K-way loss on the (B, K) grid
+    (+ process_coef x the per-token process loss, from the same forward)."""
+    token_scores = {}
+    hook = None
+    if process_coef > 0 and "token_labels" in batch:
+        # HF's head scores every position and then reads the last non-pad one: keep the whole (N, T, 1)
+        head = getattr(model, "module", model).score   # under DDP / DeepSpeed / FSDP the wrapper has .module
+        hook = head.register_forward_hook(lambda _m, _a, out: token_scores.__setitem__("all", out))
+    try:
+        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]  # (N,)
+    finally:
+        if hook is not None:
+            hook.remove()
     b, k = batch["ranks"].shape
     grid = rewards.new_zeros(b * k).scatter(0, batch["slots"], rewards).view(b, k)                   # (B, K)
-    return kway_ranking_loss(grid, batch["ranks"])
+    loss, acc = kway_ranking_loss(grid, batch["ranks"])
+    if token_scores:
+        loss = loss + process_coef * process_loss(token_scores["all"][..., 0], batch["token_labels"])
+    return loss, acc
 
 
 def global_batches(n: int, per_step: int, epochs: int, seed: int) -> list[list[int]]:
@@ -160,7 +217,8 @@ def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) ->
     model.train()
     for step, batch in enumerate(batches, start=1):
         mine = [examples[i] for i in batch[rank_slice(len(batch), accelerator, "rm step")]]
-        loss, acc = ranking_loss_step(model, {k: v.to(accelerator.device) for k, v in collate(mine, pad_id).items()})
+        loss, acc = ranking_loss_step(model, {k: v.to(accelerator.device) for k, v in collate(mine, pad_id).items()},
+                                      cfg.process_coef)
         accelerator.backward(loss)
         if cfg.optim.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -288,7 +346,8 @@ def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
     test_mask = [is_test(split_key(r), cfg.test_fraction) for r in ranked]
     train_ranked = [r for r, t in zip(ranked, test_mask) if not t]
     test_ranked = [r for r, t in zip(ranked, test_mask) if t]
-    train_ex, test_ex = encode(train_ranked, tokenizer, cfg.max_length), encode(test_ranked, tokenizer, cfg.max_length)
+    train_ex = encode(train_ranked, tokenizer, cfg.max_length, process=cfg.process_coef > 0)
+    test_ex = encode(test_ranked, tokenizer, cfg.max_length)
     ctx.log(f"train {len(train_ex)} prompts / {sum(len(ranking_pairs(e.ranks)) for e in train_ex)} pairs, "
             f"held out {len(test_ex)} prompts")
     model, final_loss, tokens = train(model, train_ex, cfg, ctx, accelerator, tokenizer.pad_token_id)

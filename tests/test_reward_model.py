@@ -159,3 +159,40 @@ def test_held_out_split_is_by_prompt_text_so_a_repeated_prompt_is_on_one_side():
     assert 60 < sum(is_test(split_key(r), 0.5) for r in others) < 140  # distinct prompts still split ~evenly
     pair = Ranked("hh:3", "pairs:hh", None, ["x", "y"], [0, 1], "pairs:hh")
     assert split_key(pair) == "hh:3"                                    # no prompt: the id
+
+
+def test_process_labels_mark_tokens_up_to_the_first_mistake():
+    from stages.reward_model import process_labels
+    prompt, reference = [1, 2], [10, 11, 12, 13]
+    assert process_labels(prompt + [10, 11, 99, 13], [10, 11, 99, 13], reference, tier=1) == [-1, -1, 1, 1, 0, 0]
+    assert process_labels(prompt + [10, 11, 12], [10, 11, 12], reference, tier=0) == [-1, -1, 1, 1, 0]  # cut short
+    assert process_labels(prompt + [7, 8], [7, 8], reference, tier=3) == [-1, -1, 1, 1]     # right in other words
+    assert process_labels([11, 99, 13], [10, 11, 99, 13], reference, tier=1) == [1, 0, 0]   # seq cut on the left
+    assert process_labels(prompt + [10, 5], [10, 11], reference, tier=1) == [-1] * 4        # not this completion
+
+
+def test_process_loss_is_bce_over_scored_tokens():
+    from stages.losses import process_loss
+    scores = torch.tensor([[0.3, 2.0, -1.0], [0.5, 0.7, 0.0]])
+    labels = torch.tensor([[-1, 1, 0], [-1, -1, -1]])
+    want = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-1.0))) / 2
+    assert process_loss(scores, labels).item() == pytest.approx(want, rel=1e-6)
+    assert process_loss(scores, torch.full_like(labels, -1)).item() == 0.0
+
+
+def test_process_coef_adds_the_per_token_loss_from_the_same_forward(tiny_model_cfg, tiny_tokenizer):
+    from stages.losses import process_loss
+    from stages.reward_model import Example, collate, ranking_loss_step
+    model = _seq_model(tiny_model_cfg, tiny_tokenizer).eval()
+    seqs = [[5, 6, 7, 8], [5, 6, 9]]
+    labels = [[-1, -1, 1, 1], [-1, -1, 0]]
+    batch = collate([Example(seqs, [0, 1], "f", [3, 1], "t", labels)], tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain, _ = ranking_loss_step(model, batch)
+        mixed, _ = ranking_loss_step(model, batch, process_coef=2.0)
+        per_token = [model.score(model.model(input_ids=torch.tensor([s])).last_hidden_state)[0, :, 0] for s in seqs]
+    width = max(map(len, seqs))
+    scores = torch.stack([torch.nn.functional.pad(t, (0, width - len(t))) for t in per_token])
+    want = plain + 2.0 * process_loss(scores, batch["token_labels"])
+    assert mixed.item() == pytest.approx(want.item(), rel=1e-5)
+    assert per_token[0][-1].item() == pytest.approx(model(input_ids=torch.tensor([seqs[0]])).logits[0, 0].item(), rel=1e-5)
