@@ -85,15 +85,19 @@ def encode(ranked: list[Ranked], tokenizer, max_length: int, process: bool = Fal
     """Token ids of every completion (and, with process=True, per-token process labels where the prompt has
     a reference answer and verifier tiers)."""
     from stages.data.chat import render_text
+
+    def token_ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
     out = []
     for r in ranked:
         prompt = render_text(tokenizer, r.prompt_messages, add_generation_prompt=True) if r.prompt_messages else ""
         seqs = [rm_input_ids(tokenizer, prompt, c, max_length) for c in r.completions]
         labels = None
         if process and r.reference and r.gold:
-            ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-            reference = ids(r.reference)
-            labels = [process_labels(seq, ids(c), reference, tier) for seq, c, tier in zip(seqs, r.completions, r.gold)]
+            reference = token_ids(r.reference)
+            labels = [process_labels(seq, token_ids(c), reference, tier)
+                      for seq, c, tier in zip(seqs, r.completions, r.gold)]
         out.append(Example(seqs, r.ranks, r.family, r.gold, r.source, labels))
     return out
 
