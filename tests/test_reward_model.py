@@ -196,3 +196,21 @@ def test_process_coef_adds_the_per_token_loss_from_the_same_forward(tiny_model_c
     want = plain + 2.0 * process_loss(scores, batch["token_labels"])
     assert mixed.item() == pytest.approx(want.item(), rel=1e-5)
     assert per_token[0][-1].item() == pytest.approx(model(input_ids=torch.tensor([seqs[0]])).logits[0, 0].item(), rel=1e-5)
+
+
+def test_encode_labels_only_prompts_with_a_reference_and_tiers(tiny_tokenizer):
+    from reward.ranking import Ranked
+    from stages.reward_model import collate, encode
+    prompt = [{"role": "user", "content": "What is 2 + 3?"}]
+    right, wrong = "2+3:\nAnswer: 5<|end|>", "2+3:\nAnswer: 6<|end|>"
+    checked = Ranked("a", "arithmetic", prompt, [right, wrong], [0, 1], "verifier", gold=[3, 1], reference=right)
+    human = Ranked("b", "arithmetic", prompt, [right, wrong], [0, 1], "human")
+    examples = encode([checked, human], tiny_tokenizer, 512, process=True)
+    assert examples[1].labels is None
+    good, bad = examples[0].labels
+    assert good[-1] == 1 and bad.count(0) == 2 and bad[-2:] == [0, 0]  # 0 from the wrong digit: "6", "<|end|>"
+    assert min(good) == -1 and good.index(1) == bad.index(1)        # the prompt is not scored
+    batch = collate(examples, tiny_tokenizer.pad_token_id)
+    assert batch["token_labels"].shape == batch["input_ids"].shape
+    assert (batch["token_labels"][2:] == -1).all()                  # the human-ranked prompt: no labels
+    assert encode([checked], tiny_tokenizer, 512)[0].labels is None  # process=False (the held-out side)
