@@ -9,7 +9,8 @@ the SFT checkpoint with its tokenizer; (4) per prompt, all C(K,2) ranked pairs i
 loss = -mean log sigmoid(r_w - r_l), with ONE forward pass per completion (K per prompt, every pair's
 margin taken from those K scalars); (5) centring: the mean reward of reference answers is stored as
 config.reward_offset and subtracted by reward/model_scorer.py; (6) held-out pairwise and top-1 accuracy
-per family, agreement with the verifier's gold ranking, a reward histogram (reward_hist.png).
+per family, agreement with the verifier's gold ranking (with a 95% interval over prompts), a reward
+histogram (reward_hist.png).
 
 Option `rm.process_coef` adds a per-token loss (process supervision, Lightman et al. 2023): the same
 score head, read at every completion token, learns whether the completion is still on a path to a right
@@ -251,6 +252,7 @@ def score_examples(model, examples: list[Example], pad_id: int, device, offset: 
 def ranking_metrics(examples: list[Example], rewards: list[torch.Tensor]) -> dict[str, float]:
     """Pairwise/top-1 accuracy against the training ranking and against the gold (verifier) ranking."""
     tally: dict[str, list[float]] = {}
+    gold_by_prompt: list[list[float]] = []  # the gold pairs' hits of each prompt, for the interval
 
     def add(key: str, value: float) -> None:
         tally.setdefault(key, []).append(value)
@@ -260,8 +262,12 @@ def ranking_metrics(examples: list[Example], rewards: list[torch.Tensor]) -> dic
             pairs = ranking_pairs([x - min(ranks) for x in ranks]) if ranks else []
             if not pairs:
                 continue
+            if prefix:
+                gold_by_prompt.append([])
             for w, l in pairs:
                 hit = float(r[w] > r[l])
+                if prefix:
+                    gold_by_prompt[-1].append(hit)
                 add(f"eval/{prefix}pairwise_acc", hit)
                 add(f"eval/{prefix}pairwise_acc/{e.family}", hit)
                 if prefix:  # gold pairs split by what separates them: the answer's truth, or only its form
@@ -279,7 +285,21 @@ def ranking_metrics(examples: list[Example], rewards: list[torch.Tensor]) -> dic
     for kind in ("correctness", "format"):
         metrics[f"eval/gold_n_pairs_{kind}"] = float(len(tally.get(f"eval/gold_pairwise_acc_{kind}", [])))
     metrics["eval/chance"] = 0.5  # a random scorer orders a strict pair right half the time
+    if gold_by_prompt:
+        metrics["eval/gold_pairwise_acc_ci95_low"], metrics["eval/gold_pairwise_acc_ci95_high"] = \
+            prompt_bootstrap_ci(gold_by_prompt)
     return metrics
+
+
+def prompt_bootstrap_ci(hits_by_prompt: list[list[float]], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of pairwise accuracy, resampling whole prompts (a prompt's pairs share its
+    completions, so they are not independent: a pair bootstrap would be too narrow)."""
+    gen = torch.Generator().manual_seed(seed)
+    sums = torch.tensor([sum(h) for h in hits_by_prompt], dtype=torch.float64)
+    counts = torch.tensor([len(h) for h in hits_by_prompt], dtype=torch.float64)
+    picks = torch.randint(len(hits_by_prompt), (n_boot, len(hits_by_prompt)), generator=gen)
+    accs = (sums[picks].sum(1) / counts[picks].sum(1)).sort().values
+    return float(accs[int(0.025 * (n_boot - 1))]), float(accs[int(0.975 * (n_boot - 1))])
 
 
 def plot_histogram(examples: list[Example], rewards: list[torch.Tensor], path: Path) -> None:

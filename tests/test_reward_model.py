@@ -144,6 +144,20 @@ def test_ranking_metrics_by_hand():
     assert m["eval/top1_acc"] == 0.5 and m["eval/top1_chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert m["eval/gold_pairwise_acc_correctness"] == pytest.approx(2 / 3) and m["eval/gold_n_pairs_correctness"] == 3
     assert m["eval/gold_pairwise_acc_format"] == 1.0 and m["eval/gold_n_pairs_format"] == 1
+    assert m["eval/gold_pairwise_acc_ci95_low"] <= m["eval/gold_pairwise_acc"] <= m["eval/gold_pairwise_acc_ci95_high"]
+
+
+def test_bootstrap_interval_resamples_prompts_not_pairs():
+    from stages.reward_model import prompt_bootstrap_ci
+    assert prompt_bootstrap_ci([[1.0, 1.0], [1.0]]) == (1.0, 1.0)
+    # the same 50% of 400 pairs: in 20 prompts that are all right or all wrong, or in 400 one-pair prompts
+    clustered = [[float(i % 2)] * 20 for i in range(20)]
+    spread = [[float(i % 2)] for i in range(400)]
+    lo_c, hi_c = prompt_bootstrap_ci(clustered)
+    lo_s, hi_s = prompt_bootstrap_ci(spread)
+    assert lo_c < 0.5 < hi_c and lo_s < 0.5 < hi_s
+    assert hi_c - lo_c > 0.3 and hi_s - lo_s < 0.15     # 20 effective samples, not 400
+    assert prompt_bootstrap_ci(clustered) == (lo_c, hi_c)  # seeded
 
 
 def test_held_out_split_is_by_prompt_text_so_a_repeated_prompt_is_on_one_side():
