@@ -262,12 +262,10 @@ def ranking_metrics(examples: list[Example], rewards: list[torch.Tensor]) -> dic
             pairs = ranking_pairs([x - min(ranks) for x in ranks]) if ranks else []
             if not pairs:
                 continue
+            hits = [float(r[w] > r[l]) for w, l in pairs]
             if prefix:
-                gold_by_prompt.append([])
-            for w, l in pairs:
-                hit = float(r[w] > r[l])
-                if prefix:
-                    gold_by_prompt[-1].append(hit)
+                gold_by_prompt.append(hits)
+            for (w, l), hit in zip(pairs, hits):
                 add(f"eval/{prefix}pairwise_acc", hit)
                 add(f"eval/{prefix}pairwise_acc/{e.family}", hit)
                 if prefix:  # gold pairs split by what separates them: the answer's truth, or only its form
