@@ -232,9 +232,7 @@ def log_summary_to_wandb(report: Report, recipe) -> str | None:
     if rows:
         tracker.table("summary/ladder", ["metric", "family"] + columns,
                       [[kind, fam] + [vals.get(c) for c in columns] for (kind, fam), vals in rows.items()])
-    if tracker.wandb_run is not None and report.plots:
-        import wandb
-        tracker.wandb_run.log({f"report/{n}": wandb.Image(p["path"]) for n, p in report.plots.items()})
+    tracker.images({f"report/{n}": p["path"] for n, p in report.plots.items()})
     return tracker.finish()
 
 

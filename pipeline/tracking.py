@@ -131,9 +131,18 @@ class Tracker:
                 fh.write(json.dumps(dict(zip(columns, row)), default=str) + "\n")
         if self.wandb_run is not None:
             import wandb
-            # at the last logged step: W&B drops later logs to a step below its current one
-            self.wandb_run.log({key: wandb.Table(columns=columns, data=[[str(c) for c in r] for r in rows])},
-                               **({"step": self.last_step} if self.last_step is not None else {}))
+            self._log_media({key: wandb.Table(columns=columns, data=[[str(c) for c in r] for r in rows])})
+
+    def images(self, paths: dict[str, Path | str]) -> None:
+        """Plots already written to disk (the files stay the record), to W&B as Images."""
+        if self.wandb_run is not None and paths:
+            import wandb
+            self._log_media({key: wandb.Image(str(path)) for key, path in paths.items()})
+
+    def _log_media(self, media: dict[str, Any]) -> None:
+        # At the last logged step, never unstepped: an unstepped log advances W&B's step past it, and
+        # W&B then drops every later log to that step (a table after an image was silently lost).
+        self.wandb_run.log(media, **({"step": self.last_step} if self.last_step is not None else {}))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.wandb_run is not None:

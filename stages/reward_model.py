@@ -404,9 +404,7 @@ def centre_and_evaluate(model, tokenizer, train_ranked: list[Ranked], test_ex: l
     if test_ex:
         metrics.update(ranking_metrics(test_ex, rewards))
         plot_histogram(test_ex, rewards, ctx.out_dir / "reward_hist.png")
-        if ctx.tracker.wandb_run is not None:
-            import wandb
-            ctx.tracker.wandb_run.log({"eval/reward_hist": wandb.Image(str(ctx.out_dir / "reward_hist.png"))})
+        ctx.tracker.images({"eval/reward_hist": ctx.out_dir / "reward_hist.png"})
         rows = [[e.family, tokenizer.decode(e.seqs[i][-80:]), round(float(r[i]), 3), e.ranks[i],
                  e.gold[i] if e.gold else None] for e, r in list(zip(test_ex, rewards))[:10] for i in range(len(e.seqs))]
         ctx.tracker.table("eval/rm_samples", ["family", "completion_tail", "reward", "rank", "gold_tier"], rows)

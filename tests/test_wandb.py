@@ -90,3 +90,30 @@ def test_report_summary_run_carries_the_ladder(tmp_path, offline):
     assert run.summary["pretrain/eval/val_bpb"] == manifests["pretrain"]["metrics"]["eval/val_bpb"]
     media = {k.split("/_")[0] for row in run.history for k in row if "/_" in k}  # tables and images
     assert {"summary/ladder", "report/loss", "report/ladder", "report/rl"} <= media
+
+
+def test_media_after_the_last_step_all_reach_wandb(tmp_path, offline):
+    """The rm stage logs its histogram, then its samples table, after the last training step. An unstepped
+    image used to advance W&B's step, and W&B then dropped the table logged at the last step."""
+    from types import SimpleNamespace
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.tracking import Tracker
+    plot = tmp_path / "hist.png"
+    plt.plot([0, 1], [1, 0])
+    plt.savefig(plot)
+    plt.close()
+    tracker = Tracker("rm", tmp_path / "rm", tmp_path, "media", {},
+                      SimpleNamespace(wandb=True, project="t", entity=None), echo=False)
+    for step in (1, 2, 3):
+        tracker.log({"train/loss": 1.0 / step}, step=step, total=3)
+    tracker.images({"eval/reward_hist": plot})
+    tracker.table("eval/rm_samples", ["completion", "reward"], [["4", 0.5], ["5", -0.5]])
+    tracker.finish()
+    (run,) = read_runs(tmp_path / "wandb")
+    media = {k.split("/_")[0]: row["_step"] for row in run.history for k in row if "/_" in k}
+    assert media == {"eval/reward_hist": 3, "eval/rm_samples": 3}
+    assert [row["train/loss"] for row in run.history if "train/loss" in row] == pytest.approx([1.0, 0.5, 1 / 3])
