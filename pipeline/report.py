@@ -12,6 +12,7 @@ nanochat's report card: one page from base model to assistant).
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -236,6 +237,17 @@ def log_summary_to_wandb(report: Report, recipe) -> str | None:
     return tracker.finish()
 
 
+def summary_state(report: Report) -> str:
+    """What a W&B summary run shows: the stage manifests, and the W&B mode (a key set later makes a run
+    online that was offline)."""
+    import hashlib
+    from pipeline.tracking import wandb_has_key
+    blob = json.dumps({"manifests": {n: r.manifest for n, r in report.stages.items()},
+                       "mode": os.environ.get("WANDB_MODE") or ("online" if wandb_has_key() else "offline")},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def report_cli(args) -> int:
     from pipeline.recipe import load_recipe
     recipe = load_recipe(args.recipe, args.overrides)
@@ -245,6 +257,15 @@ def report_cli(args) -> int:
     report = write_report(run_dir, recipe.name)
     print(f"report: {report.path} ({len(report.stages)} stages; plots: {', '.join(report.plots) or 'none'})")
     if recipe.tracking.wandb:
-        where = log_summary_to_wandb(report, recipe)
-        print(f"report: W&B summary run {where}")
+        # Once per state of the run: `make all` on a finished run reports again, and a summary run each
+        # time would crowd the group with copies.
+        record, state = run_dir / "report" / "wandb_summary.json", summary_state(report)
+        logged = json.loads(record.read_text()) if record.is_file() else {}
+        if logged.get("state") == state:
+            print(f"report: W&B summary run up to date ({logged.get('run')})")
+        else:
+            where = log_summary_to_wandb(report, recipe)
+            print(f"report: W&B summary run {where}")
+            if where is not None:
+                artifacts.write_json_atomic(record, {"state": state, "run": where})
     return 0

@@ -117,3 +117,25 @@ def test_media_after_the_last_step_all_reach_wandb(tmp_path, offline):
     media = {k.split("/_")[0]: row["_step"] for row in run.history for k in row if "/_" in k}
     assert media == {"eval/reward_hist": 3, "eval/rm_samples": 3}
     assert [row["train/loss"] for row in run.history if "train/loss" in row] == pytest.approx([1.0, 0.5, 1 / 3])
+
+
+def test_report_logs_one_summary_run_per_state_of_the_run(tmp_path, offline, capsys):
+    """`make all` on a finished run reports again: the same stages make no second summary run, a stage
+    that ran again does."""
+    from argparse import Namespace
+
+    from pipeline.report import report_cli
+    from tests.test_report import make_run
+    run_dir, _ = make_run(tmp_path)
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text(f"name: toy\noutput_dir: {tmp_path / 'runs'}\ntracking: {{wandb: true, project: t}}\n")
+    assert report_cli(Namespace(recipe=recipe, overrides=[])) == 0
+    assert report_cli(Namespace(recipe=recipe, overrides=[])) == 0
+    assert len(read_runs(run_dir / "wandb")) == 1
+    assert "W&B summary run up to date" in capsys.readouterr().out.splitlines()[-1]
+    manifest = json.loads((run_dir / "rl" / "manifest.json").read_text())
+    manifest["metrics"]["eval/acc/arithmetic"] = 0.99  # rl ran again
+    (run_dir / "rl" / "manifest.json").write_text(json.dumps(manifest))
+    assert report_cli(Namespace(recipe=recipe, overrides=[])) == 0
+    runs = read_runs(run_dir / "wandb")
+    assert len(runs) == 2 and sorted(r.summary["rl/eval/acc/arithmetic"] for r in runs) == [0.55, 0.99]
