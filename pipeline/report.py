@@ -12,7 +12,6 @@ nanochat's report card: one page from base model to assistant).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -241,9 +240,8 @@ def summary_state(report: Report) -> str:
     """What a W&B summary run shows: the stage manifests, and the W&B mode (a key set later makes a run
     online that was offline)."""
     import hashlib
-    from pipeline.tracking import wandb_has_key
-    blob = json.dumps({"manifests": {n: r.manifest for n, r in report.stages.items()},
-                       "mode": os.environ.get("WANDB_MODE") or ("online" if wandb_has_key() else "offline")},
+    from pipeline.tracking import wandb_mode
+    blob = json.dumps({"manifests": {n: r.manifest for n, r in report.stages.items()}, "mode": wandb_mode()},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 

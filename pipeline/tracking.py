@@ -59,6 +59,11 @@ def wandb_has_key() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+def wandb_mode() -> str:
+    """WANDB_MODE when set, else online with a key and offline without."""
+    return os.environ.get("WANDB_MODE") or ("online" if wandb_has_key() else "offline")
+
+
 class Tracker:
     """Logs a stage's metrics. Only the main process writes; other ranks get a silent tracker."""
 
@@ -168,7 +173,7 @@ def _start_wandb(stage: str, run_dir: Path, run_name: str, config: dict, cfg: An
         return None
     if not os.environ.get("WANDB_MODE"):
         os.environ.pop("WANDB_MODE", None)  # an empty value would fail wandb's own settings check
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_key() else "offline")
+    mode = wandb_mode()
     wandb_dir = Path(run_dir) / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)
     return wandb.init(project=cfg.project, entity=cfg.entity, group=run_name, job_type=stage,
