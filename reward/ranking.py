@@ -69,8 +69,11 @@ def _task(record: dict):
     return Task(record["family"], messages, record["answer"], dict(record.get("meta") or {}))
 
 
+TOP_TIER = 3  # verifier_tier of an answer that is correct and well formed
+
+
 def verifier_tier(task, text: str) -> int:
-    """3 correct and well formed, 2 correct, 1 wrong but well formed, 0 malformed and wrong."""
+    """3 correct and well formed (TOP_TIER), 2 correct, 1 wrong but well formed, 0 malformed and wrong."""
     from stages.data.tasks import is_well_formed, score
     return 2 * int(score(task, text) > 0) + int(is_well_formed(text))
 

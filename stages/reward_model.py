@@ -34,10 +34,8 @@ import torch
 
 from pipeline.errors import UserError
 from reward.model_scorer import reward_logits, rm_input_ids
-from reward.ranking import Ranked, collect_rankings, load_pairs, ranking_pairs
+from reward.ranking import TOP_TIER, Ranked, collect_rankings, load_pairs, ranking_pairs
 from stages.losses import kway_ranking_loss, process_loss
-
-TOP_TIER = 3  # reward.ranking.verifier_tier: correct and well formed
 
 
 @dataclass
