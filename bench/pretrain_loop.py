@@ -31,7 +31,7 @@ def setup(work: Path, recipe_path: str):
     import torch
     from pipeline.recipe import load_recipe
     from stages.data.shards import ShardSet, build_shards
-    from stages.model import build_model
+    from stages.lm.model import build_model
     from stages.tokenizer import collect_texts, train_bpe
     recipe = load_recipe(recipe_path, ["data.max_documents=300"])
     train, _ = collect_texts(recipe.data, recipe.seed, 2_000_000, 0)
@@ -47,7 +47,7 @@ def ours(recipe, model, shards, work: Path):
     from accelerate import Accelerator
     from pipeline.tracking import Tracker
     from stages.data.shards import TrainWindows
-    from stages.optim import make_optimizer, make_scheduler
+    from stages.lm.optim import make_optimizer, make_scheduler
     from stages.pretrain import _lr_used, _train_step, accum_steps
     cfg, seq_len = recipe.pretrain, recipe.model.seq_len
     acc = Accelerator(cpu=True)

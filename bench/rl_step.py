@@ -31,7 +31,7 @@ def build_tiny(out_dir: Path) -> str:
 
     from pipeline.schema import Model
     from stages.data.tasks import FAMILIES, make_tasks
-    from stages.model import build_model, save_model
+    from stages.lm.model import build_model, save_model
     from stages.tokenizer import train_bpe
     texts = [m["content"] for f in FAMILIES for t in make_tasks(f, 300, 0, "train") for m in t.messages]
     tok = train_bpe(texts, vocab_size=1024)
@@ -48,8 +48,8 @@ def run_ours(model_dir: str, tasks, args) -> tuple[list[float], list[float]]:
 
     from pipeline.schema import RLStage
     from reward.combine import RewardMix
-    from stages.grpo import grpo_step
-    from stages.model import load_causal_lm
+    from stages.rl.grpo import grpo_step
+    from stages.lm.model import load_causal_lm
     cfg = RLStage(num_generations=args.G, prompts_per_step=args.prompts, max_new_tokens=args.max_new_tokens,
                   temperature=1.0, beta=0.0, loss_type="token", micro_batch_size=args.prompts * args.G)
     accelerator = Accelerator(cpu=True)

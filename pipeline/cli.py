@@ -110,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # command -> "module:function(args)"; imported lazily so `lifecycle plan` starts fast.
 COMMANDS = {
-    "run": "pipeline.commands:run_cmd", "plan": "pipeline.commands:plan_cmd",
-    "status": "pipeline.commands:status_cmd", "tokenize": "stages.tokenizer:tokenize_cli",
-    "sample": "stages.sampling:sample_cli", "probe": "stages.sampling:probe_cli",
-    "chat": "stages.chat:chat_cli", "eval": "stages.eval:eval_cli", "report": "pipeline.report:report_cli",
-    "rollouts": "stages.rollout:rollouts_cli", "rank": "reward.ranking_page:rank_cli",
-    "arena": "stages.arena:arena_cli", "slurm": "pipeline.slurm:slurm_cli",
+    "run": "pipeline.commands.recipe_commands:run_cmd", "plan": "pipeline.commands.recipe_commands:plan_cmd",
+    "status": "pipeline.commands.recipe_commands:status_cmd", "tokenize": "stages.tokenizer:tokenize_cli",
+    "sample": "stages.lm.sampling:sample_cli", "probe": "stages.lm.sampling:probe_cli",
+    "chat": "stages.lm.chat:chat_cli", "eval": "pipeline.commands.eval:eval_cli", "report": "pipeline.report:report_cli",
+    "rollouts": "stages.rl.rollout:rollouts_cli", "rank": "reward.ranking_page:rank_cli",
+    "arena": "stages.eval.arena:arena_cli", "slurm": "pipeline.slurm:slurm_cli",
 }
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from pipeline.errors import UserError
 from stages.data.shards import ShardSet, TrainWindows, build_shards, token_byte_lengths
-from stages.losses import bigram_bits_per_byte, bits_per_byte
+from stages.lm.losses import bigram_bits_per_byte, bits_per_byte
 
 # Dense bf16 peak FLOP/s by GPU name (fp32/tf32 runs use half). CPU: a stated nominal, not a measured peak:
 # per core 2 FMA units x fp32 lanes (16 with AVX-512, else 8) x 2 flops x 3 GHz.
@@ -51,7 +51,7 @@ def _accelerator(cfg):
 
 def _model_and_tokenizer(recipe, inputs):
     from transformers import AutoTokenizer
-    from stages.model import build_model, load_causal_lm
+    from stages.lm.model import build_model, load_causal_lm
     from stages.tokenizer import ensure_chat_tokens
     if recipe.pretrain.from_:
         model, tokenizer = load_causal_lm(inputs["model"])
@@ -252,8 +252,8 @@ def _lr_used(scheduler) -> float:
 
 def run(recipe, inputs, ctx) -> dict[str, float]:
     from pipeline.distributed import configure_engine
-    from stages.model import count_parameters, save_model
-    from stages.optim import make_optimizer, make_scheduler
+    from stages.lm.model import count_parameters, save_model
+    from stages.lm.optim import make_optimizer, make_scheduler
     cfg, seq_len = recipe.pretrain, recipe.model.seq_len
     accelerator = _accelerator(cfg)
     model, tokenizer = _model_and_tokenizer(recipe, inputs)

@@ -35,7 +35,7 @@ import torch
 from pipeline.errors import UserError
 from reward.model_scorer import reward_logits, rm_input_ids
 from reward.ranking import TOP_TIER, Ranked, collect_rankings, load_pairs, ranking_pairs
-from stages.losses import kway_ranking_loss, process_loss
+from stages.lm.losses import kway_ranking_loss, process_loss
 
 
 @dataclass
@@ -200,7 +200,7 @@ def global_batches(n: int, per_step: int, epochs: int, seed: int) -> list[list[i
 
 def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) -> float:
     from pipeline.distributed import configure_engine, rank_slice
-    from stages.optim import make_optimizer, make_scheduler
+    from stages.lm.optim import make_optimizer, make_scheduler
     examples = [e for e in examples if ranking_pairs(e.ranks)]  # all-tied prompts carry no signal
     if not examples:
         raise UserError("rm: no training prompt has two differently ranked completions (all ties); "
@@ -325,7 +325,7 @@ def plot_histogram(examples: list[Example], rewards: list[torch.Tensor], path: P
 
 # ---------------------------------------------------------------- the stage
 def gather_rankings(recipe, model_dir: str, ctx, accelerator) -> list[Ranked]:
-    from stages.rollout import read_rollouts, rollouts_for_recipe
+    from stages.rl.rollout import read_rollouts, rollouts_for_recipe
     cfg = recipe.rm
     rollouts, path = [], ctx.run_dir / "rollouts.jsonl"
     if {"verifier", "judge"} & set(cfg.rankers):
@@ -348,7 +348,7 @@ def gather_rankings(recipe, model_dir: str, ctx, accelerator) -> list[Ranked]:
 def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
     from accelerate import Accelerator
     from pipeline.distributed import save_model_gathered, whole_model_loading
-    from stages.rollout import tokenizer_hash
+    from stages.rl.rollout import tokenizer_hash
     cfg = recipe.rm
     # A plain Accelerator: under `accelerate launch` the launcher's environment picks the engine (DDP,
     # FSDP, ZeRO); in one process it runs on the GPU when there is one.
@@ -358,7 +358,7 @@ def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
     model, tokenizer = load_reward_model(inputs["model"], accelerator.device)
     ours = tokenizer_hash(tokenizer)
     if ctx.run_dir and (ctx.run_dir / "rollouts.jsonl").is_file():
-        from stages.rollout import read_rollouts
+        from stages.rl.rollout import read_rollouts
         other = {r.get("tokenizer") for r in read_rollouts(ctx.run_dir / "rollouts.jsonl")} - {None, ours}
         if other and {"verifier", "judge"} & set(cfg.rankers):
             raise UserError(f"rm: rollouts.jsonl was sampled with another tokenizer ({other.pop()}) than the RM's "

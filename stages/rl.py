@@ -6,7 +6,7 @@
 Sections of run(), top to bottom:
 1. load the policy (inputs["policy"]: the SFT dir or rl.from) and a frozen copy as the reference;
 2. the reward mix (reward/combine.py): rl.rewards, default {verifier: 1} for GRPO, {rm: 1} for PPO;
-3. held-out eval before RL (stages.eval_tasks.evaluate_families on every built-in family: greedy
+3. held-out eval before RL (stages.eval.families.evaluate_families on every built-in family: greedy
    pass@1, pass@k at the sampling temperature; plus mean RM reward, KL to the reference and length
    on sampled completions; a table of samples);
 4. readiness check (GRPO): pass@G at the sampling temperature and the share of prompt groups whose
@@ -39,9 +39,9 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
 
     from pipeline.distributed import configure_engine, save_model_gathered
     from reward.combine import RewardMix
-    from stages.model import load_causal_lm, mask_padded_vocab
-    from stages.optim import make_optimizer, make_scheduler
-    from stages.rl_monitor import HackingMonitor
+    from stages.lm.model import load_causal_lm, mask_padded_vocab
+    from stages.lm.optim import make_optimizer, make_scheduler
+    from stages.rl.monitor import HackingMonitor
 
     cfg = recipe.rl
     families = train_families(cfg)
@@ -59,7 +59,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
             f"{len(train_tasks)} train prompts")
 
     metrics = {f"before/{k}": v for k, v in evaluate(policy, reference, tokenizer, recipe, rm_fn, ctx, "before").items()}
-    from stages.vllm_generation import make_sampler
+    from stages.rl.vllm_sampler import make_sampler
     sampler = make_sampler(cfg, inputs["policy"], tokenizer, accelerator)  # None: HF generate
     ctx.log(f"rollouts: {'vLLM (colocated)' if sampler else 'HF generate'} | {accelerator.num_processes} process(es) x "
             f"{cfg.prompts_per_step} prompts x {cfg.num_generations} samples per step")
@@ -71,13 +71,13 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     configure_engine(accelerator, micro_batch_size=cfg.micro_batch_size, grad_clip=cfg.optim.grad_clip)
     monitor = HackingMonitor(cfg.monitor_window, cfg.stop_on_hacking, warn=ctx.log) if rm_fn else None
     if cfg.algorithm == "grpo":
-        from stages import grpo
+        from stages.rl import grpo
         policy, optimizer = accelerator.prepare(policy, optimizer)
         ref_for_loss = reference if cfg.beta > 0 else None
         train_metrics = grpo.train(policy, ref_for_loss, tokenizer, train_tasks, mix, cfg, ctx, accelerator,
                                    optimizer, scheduler, monitor, micro=cfg.micro_batch_size, sampler=sampler)
     else:
-        from stages import ppo
+        from stages.rl import ppo
         policy, train_metrics = ppo.train(policy, reference, tokenizer, train_tasks, mix, inputs["reward_model"],
                                           recipe, ctx, accelerator, optimizer, scheduler, monitor, sampler)
     metrics.update({k: v for k, v in train_metrics.items() if k.startswith(("train/", "reward/", "monitor/"))})
@@ -128,8 +128,8 @@ def _load_rm(path, device):
 # ---------------------------------------------------------------- readiness
 def readiness(policy, tokenizer, tasks, mix, cfg, ctx, sampler=None) -> dict[str, float]:
     """pass@G and the share of groups with reward variance, in seconds; stop with a diagnosis if too low."""
-    from stages.grpo import gold_rewards, reference_overflow, sample_groups
-    from stages.losses import zero_variance_fraction
+    from stages.rl.grpo import gold_rewards, reference_overflow, sample_groups
+    from stages.lm.losses import zero_variance_fraction
     from reward.verifiers import extract_answers
     G = cfg.num_generations
     cut, longest = reference_overflow(tokenizer, tasks, cfg.max_new_tokens)
@@ -178,7 +178,7 @@ def diagnose(out, G, n_wrong, n_systematic, n) -> str:
 def evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, tag: str) -> dict[str, float]:
     """eval/* metrics on held-out prompts of every family, and a table of samples."""
     from stages.data.tasks import FAMILIES
-    from stages.eval_tasks import evaluate_families
+    from stages.eval.families import evaluate_families
     cfg, ev = recipe.rl, recipe.eval
     t0 = time.time()
     out = evaluate_families(model, tokenizer, list(FAMILIES), ev.max_prompts_per_family, ctx.seed,
@@ -198,7 +198,7 @@ def evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, tag: str) -> dict[
 def sampled_stats(model, reference, tokenizer, recipe, rm_fn, ctx, tag) -> dict[str, float]:
     """Mean RM reward, KL(policy || reference) per completion and length on sampled held-out completions."""
     from stages.data.tasks import FAMILIES, score
-    from stages.grpo import batched_logps, collate, sample_groups
+    from stages.rl.grpo import batched_logps, collate, sample_groups
     cfg = recipe.rl
     n = min(STATS_PER_FAMILY, recipe.eval.max_prompts_per_family)
     tasks = [t for fam in FAMILIES for t in make_tasks(fam, n, ctx.seed, "test")]
@@ -246,7 +246,7 @@ def summary_line(metrics: dict) -> str:
 
 def equal_compute_control(policy_path, recipe, wall_s, reference, rm_fn, ctx) -> dict[str, float]:
     """The SFT checkpoint trained further with SFT for RL's wall time, evaluated like RL."""
-    from stages.rl_control import continue_sft
+    from stages.rl.control import continue_sft
     ctx.log(f"equal-compute control: SFT from {policy_path} for {wall_s:.0f}s (RL's training wall time)")
     model, tokenizer, info = continue_sft(policy_path, recipe, wall_s, ctx)
     out = evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, "control")

@@ -33,7 +33,7 @@ from pipeline.errors import UserError
 from stages.data.chat import IGNORE, render_training
 from stages.data.conversations import SkipReport, load_conversations
 from stages.data.tasks import DEFAULT_SYSTEM, FAMILIES, make_tasks
-from stages.eval_tasks import evaluate_families
+from stages.eval.families import evaluate_families
 
 
 # ---------------------------------------------------------------- data
@@ -171,7 +171,7 @@ def merge_lora(model):
 
 
 def load_start_model(path: str):
-    from stages.model import load_causal_lm
+    from stages.lm.model import load_causal_lm
     from stages.tokenizer import ensure_chat_tokens
     try:
         model, tokenizer = load_causal_lm(path)
@@ -225,7 +225,7 @@ def evaluate(model, tokenizer, cfg, families: list[str], seed: int, prefix: str,
 def run(recipe, inputs, ctx) -> dict[str, float]:
     from accelerate import Accelerator
     from pipeline.distributed import configure_engine, partitions_at_load, save_model_gathered, whole_model_loading
-    from stages.optim import make_optimizer, make_scheduler
+    from stages.lm.optim import make_optimizer, make_scheduler
     cfg = recipe.sft
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     world, main = accelerator.num_processes, accelerator.is_main_process
@@ -281,7 +281,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     if cfg.lora:
         merged = merge_lora(accelerator.unwrap_model(model))
         if main:
-            from stages.model import save_model
+            from stages.lm.model import save_model
             save_model(merged, tokenizer, ctx.out_dir)
         accelerator.wait_for_everyone()
     else:
@@ -290,7 +290,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     if main:
         (ctx.out_dir / "system_prompt.txt").write_text(cfg.system_prompt or DEFAULT_SYSTEM)
         # evaluate what was saved: the artifact the next stage gets, whole under any engine
-        from stages.model import load_causal_lm
+        from stages.lm.model import load_causal_lm
         with whole_model_loading(accelerator):
             model, _ = load_causal_lm(ctx.out_dir, device=str(accelerator.device))
         final, table = evaluate(model, tokenizer, cfg, families, recipe.seed, "eval", no_tool=True)

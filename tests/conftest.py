@@ -35,6 +35,6 @@ def tiny_model_cfg():
 @pytest.fixture()
 def tiny_model(tiny_model_cfg, tiny_tokenizer):
     import torch
-    from stages.model import build_model
+    from stages.lm.model import build_model
     torch.manual_seed(0)
     return build_model(tiny_model_cfg, tiny_tokenizer)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from stages import arena as A
+from stages.eval import arena as A
 
 
 def _games(a, b, wins_a, losses_a, ties=0, start=0):
@@ -91,7 +91,7 @@ def test_held_out_tasks_round_robin():
 @pytest.fixture()
 def two_checkpoints(tmp_path, tiny_model_cfg, tiny_tokenizer):
     import torch
-    from stages.model import build_model, save_model
+    from stages.lm.model import build_model, save_model
     dirs = []
     for seed in (0, 1):
         torch.manual_seed(seed)

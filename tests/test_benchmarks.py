@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.errors import UserError
-from stages import benchmarks as B
+from stages.eval import benchmarks as B
 
 DATA = Path(__file__).parent / "data"
 

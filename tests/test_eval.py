@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
-from stages import eval as E
+from pipeline.commands import eval as E
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture()
 def ckpt(tmp_path, tiny_model, tiny_tokenizer):
-    from stages.model import save_model
+    from stages.lm.model import save_model
     path = tmp_path / "ckpt"
     save_model(tiny_model, tiny_tokenizer, path)
     return path
@@ -113,7 +113,7 @@ def test_stage_entry_through_call_stage(ckpt, recipe_path, tmp_path):
     from pipeline.recipe import load_recipe
     recipe = load_recipe(recipe_path, ["eval.samples=1"])
     out = tmp_path / "stage_out"
-    result = call_stage(recipe, "stages.eval:run", "eval", {"model": str(ckpt)}, out, tmp_path / "runs" / "ev")
+    result = call_stage(recipe, "pipeline.commands.eval:run", "eval", {"model": str(ckpt)}, out, tmp_path / "runs" / "ev")
     assert set(result["metrics"]) == {"eval/val_loss", "eval/val_bpb"}
     assert (out / "samples_base.jsonl").read_text().count("\n") == 1
 
@@ -130,7 +130,7 @@ def test_rl_suite_against_itself_has_zero_kl(ckpt, recipe_path, tmp_path):
 
 def test_rm_suite_on_held_out_ranked_rollouts(tmp_path, recipe_path, tiny_model, tiny_tokenizer):
     from stages.data.tasks import make_tasks
-    from stages.model import save_model
+    from stages.lm.model import save_model
     from stages.reward_model import is_test, load_reward_model
     from stages.tokenizer import END
     lm_dir, rm_dir = tmp_path / "lm", tmp_path / "rm"

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import torch
 
-from stages.eval_tasks import evaluate_families
-from stages.generation import filter_logits, generate
+from stages.eval.families import evaluate_families
+from stages.lm.generation import filter_logits, generate
 
 
 def _greedy_reference(model, prompt, n, end_id):
@@ -115,8 +115,8 @@ def test_evaluate_families_keys(tiny_model, tiny_tokenizer):
 
 
 def test_stream_matches_generate_and_chat_loop_shows_tool_calls(tiny_tokenizer):
-    from stages.chat import chat_loop
-    from stages.generation import stream
+    from stages.lm.chat import chat_loop
+    from stages.lm.generation import stream
     tok = tiny_tokenizer
     t = tok.convert_tokens_to_ids
     seven, star, six = (tok(c, add_special_tokens=False)["input_ids"][0] for c in "7*6")
@@ -140,7 +140,7 @@ def test_padded_embedding_rows_are_never_sampled(tiny_model_cfg, tiny_tokenizer)
     """model.vocab_size pads the embedding (nanoGPT's 50,304); the sampler only draws real token ids."""
     import pytest
     from pipeline.errors import UserError
-    from stages.model import build_model
+    from stages.lm.model import build_model
     vocab = len(tiny_tokenizer)
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg.model_copy(update={"vocab_size": vocab + 200}), tiny_tokenizer)

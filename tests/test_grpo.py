@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pipeline.schema import RLStage
-from stages import grpo
-from stages.generation import Completion, generate
-from stages.losses import group_advantages
+from stages.rl import grpo
+from stages.lm.generation import Completion, generate
+from stages.lm.losses import group_advantages
 
 
 class _Acc:  # the bits of accelerate.Accelerator the update uses, for a single CPU process
@@ -135,7 +135,7 @@ def _recipe(**rl):
 
 def test_rl_stage_end_to_end(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     from stages import rl
-    from stages.model import load_causal_lm, save_model
+    from stages.lm.model import load_causal_lm, save_model
     save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
     (tmp_path / "len_reward.py").write_text("def score(prompts, completions, **kw):\n"
                                             "    return [len(c) / 10 for c in completions]\n")
@@ -159,7 +159,7 @@ def test_rl_stage_end_to_end(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
 def test_readiness_stops_a_hopeless_policy(tiny_model, tiny_tokenizer, tmp_path):
     from pipeline.errors import UserError
     from stages import rl
-    from stages.model import save_model
+    from stages.lm.model import save_model
     save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
     with pytest.raises(UserError, match=r"rl.readiness_min_signal: only 0% .* policy is too weak: pass@2"):
         rl.run(_recipe(readiness_min_signal=0.1), {"policy": str(tmp_path / "sft")}, _stage_ctx(tmp_path))
@@ -167,8 +167,8 @@ def test_readiness_stops_a_hopeless_policy(tiny_model, tiny_tokenizer, tmp_path)
 
 def test_equal_compute_control_trains_for_the_time_budget(tiny_model, tiny_tokenizer, tmp_path):
     from pipeline.schema import Recipe
-    from stages.model import save_model
-    from stages.rl_control import continue_sft, time_cosine
+    from stages.lm.model import save_model
+    from stages.rl.control import continue_sft, time_cosine
     assert time_cosine(0, 10, 0.1) == pytest.approx(1.0) and time_cosine(10, 10, 0.1) == pytest.approx(0.1)
     save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
     recipe = Recipe(name="t", sft={"families": ["arithmetic"], "builtin_train_per_family": 8, "micro_batch_size": 2,
@@ -193,7 +193,7 @@ def test_reference_overflow_counts_answers_the_budget_cuts_off(tiny_tokenizer):
 
 
 def test_zero_advantage_rows_are_skipped_without_changing_the_gradient(tiny_model, tiny_tokenizer):
-    from stages import losses
+    from stages.lm import losses
     comps = _rollout(tiny_model, tiny_tokenizer)
     batch = grpo.collate(comps, tiny_tokenizer.pad_token_id)
     adv = group_advantages(torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1]), 4)   # the second group has no signal
@@ -239,7 +239,7 @@ def test_ratio_logps_are_the_sampling_distribution(tiny_model, tiny_tokenizer):
 def test_padded_vocab_logps_normalise_over_the_tokenizer(tiny_model_cfg, tiny_tokenizer):
     """With model.vocab_size padding, RL's log-probs use the tokens the sampler can draw (the rl stage
     masks the padded rows), so the ratio and KL compare the sampled distribution."""
-    from stages.model import build_model, mask_padded_vocab
+    from stages.lm.model import build_model, mask_padded_vocab
     vocab = len(tiny_tokenizer)
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg.model_copy(update={"vocab_size": vocab + 64}), tiny_tokenizer)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from stages import losses as L
+from stages.lm import losses as L
 
 
 def test_group_advantages_scaled_and_dr_grpo():

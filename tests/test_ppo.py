@@ -12,7 +12,7 @@ import torch
 @pytest.fixture()
 def rm_dir(tiny_model_cfg, tiny_tokenizer, tmp_path):
     from transformers import AutoModelForSequenceClassification
-    from stages.model import build_config
+    from stages.lm.model import build_config
     config = build_config(tiny_model_cfg, tiny_tokenizer)
     config.num_labels = 1
     torch.manual_seed(3)
@@ -24,7 +24,7 @@ def rm_dir(tiny_model_cfg, tiny_tokenizer, tmp_path):
 
 def test_value_model_is_the_rm_at_every_prefix(rm_dir, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
-    from stages.ppo import load_value_model
+    from stages.rl.ppo import load_value_model
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
     vm = load_value_model(str(rm_dir), tiny_tokenizer, "cpu").eval()
     ids = torch.tensor([[5, 17, 33, 40, 41, 60]])
@@ -36,7 +36,7 @@ def test_value_model_is_the_rm_at_every_prefix(rm_dir, tiny_tokenizer):
 
 def test_value_model_refuses_another_tokenizer(rm_dir):
     from pipeline.errors import UserError
-    from stages.ppo import load_value_model
+    from stages.rl.ppo import load_value_model
     from stages.tokenizer import train_bpe
     other = train_bpe(["completely different text 123"] * 30, vocab_size=300)
     with pytest.raises(UserError, match="another tokenizer"):
@@ -48,7 +48,7 @@ def test_ppo_stage_end_to_end(tiny_model, tiny_tokenizer, rm_dir, tmp_path):
     from pipeline.schema import Recipe
     from pipeline.tracking import Tracker
     from stages import rl
-    from stages.model import load_causal_lm, save_model
+    from stages.lm.model import load_causal_lm, save_model
     save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
     recipe = Recipe(name="t", rl=dict(algorithm="ppo", max_steps=3, prompts_per_step=2, num_generations=2,
                                       max_new_tokens=6, eval_samples=1, families=["arithmetic"], control=False,

@@ -108,7 +108,7 @@ class _Batches:
 def test_loss_falls_when_overfitting_one_batch(tiny_model, tiny_tokenizer):
     from accelerate import Accelerator
     from pipeline.schema import PretrainStage
-    from stages.optim import make_optimizer, make_scheduler
+    from stages.lm.optim import make_optimizer, make_scheduler
     from stages.pretrain import _train_step
     cfg = PretrainStage(micro_batch_size=4, optim=Optim(lr=1e-2, warmup_steps=0, schedule="constant"))
     ids = tiny_tokenizer("In the beginning God created the heaven and the earth. " * 4)["input_ids"][:33]
@@ -122,7 +122,7 @@ def test_loss_falls_when_overfitting_one_batch(tiny_model, tiny_tokenizer):
 
 
 def test_bits_per_byte_hand_computed():
-    from stages.losses import bigram_bits_per_byte, bits_per_byte
+    from stages.lm.losses import bigram_bits_per_byte, bits_per_byte
     assert bits_per_byte(10 * math.log(2), 5) == pytest.approx(2.0)
     # two contexts, two next bytes (the rest of the 256 columns unseen); alpha 0 = plain frequencies
     train = torch.zeros(2, 256)
@@ -161,7 +161,7 @@ def test_val_bits_per_byte_on_a_uniform_model(tiny_tokenizer):
 
 
 def test_schedules():
-    from stages.optim import lr_multiplier
+    from stages.lm.optim import lr_multiplier
     cos = Optim(warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
     assert lr_multiplier(0, cos, 100) == pytest.approx(0.1) and lr_multiplier(9, cos, 100) == pytest.approx(1.0)
     assert lr_multiplier(55, cos, 100) == pytest.approx(0.55) and lr_multiplier(100, cos, 100) == pytest.approx(0.1)
@@ -172,7 +172,7 @@ def test_schedules():
 
 
 def test_param_groups_decay_matrices_only(tiny_model):
-    from stages.optim import param_groups
+    from stages.lm.optim import param_groups
     decay, no_decay = param_groups(tiny_model, 0.1)
     emb = tiny_model.get_input_embeddings().weight
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p is not emb for p in decay["params"])

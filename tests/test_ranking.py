@@ -71,7 +71,7 @@ def test_collect_rankings_mixes_sources(tmp_path):
 
 
 def test_judge_ranker_with_any_chat_model_dir(tmp_path, tiny_model, tiny_tokenizer):
-    from stages.model import save_model
+    from stages.lm.model import save_model
     save_model(tiny_model, tiny_tokenizer, tmp_path / "judge")
     texts = [GOOD, WRONG, JUNK]
     (r,) = judge_ranker([record(texts)], str(tmp_path / "judge"))

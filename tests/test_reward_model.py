@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stages.losses import kway_ranking_loss
+from stages.lm.losses import kway_ranking_loss
 
 
 def sig_loss(d: float) -> float:
@@ -40,7 +40,7 @@ def test_kway_loss_ties_padding_and_per_prompt_weighting():
 
 def _seq_model(tiny_model_cfg, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
-    from stages.model import build_config
+    from stages.lm.model import build_config
     torch.manual_seed(0)
     config = build_config(tiny_model_cfg, tiny_tokenizer)
     config.num_labels = 1
@@ -85,7 +85,7 @@ def test_rm_stage_trains_centres_and_saves_a_loadable_dir(tmp_path, tiny_model, 
     from pipeline.schema import Recipe
     from pipeline.tracking import Tracker
     from reward.model_scorer import load_reward_fn
-    from stages.model import save_model
+    from stages.lm.model import save_model
     from stages.reward_model import run
     sft = tmp_path / "sft"
     save_model(tiny_model, tiny_tokenizer, sft)
@@ -122,7 +122,7 @@ def test_rm_stage_trains_centres_and_saves_a_loadable_dir(tmp_path, tiny_model, 
 
 def test_tokenizer_mismatch_is_a_user_error(tmp_path, tiny_model, tiny_tokenizer):
     from pipeline.errors import UserError
-    from stages.model import save_model
+    from stages.lm.model import save_model
     from stages.reward_model import load_reward_model
     from stages.tokenizer import train_bpe
     save_model(tiny_model, tiny_tokenizer, tmp_path / "m")
@@ -186,7 +186,7 @@ def test_process_labels_mark_tokens_up_to_the_first_mistake():
 
 
 def test_process_loss_is_bce_over_scored_tokens():
-    from stages.losses import process_loss
+    from stages.lm.losses import process_loss
     scores = torch.tensor([[0.3, 2.0, -1.0], [0.5, 0.7, 0.0]])
     labels = torch.tensor([[-1, 1, 0], [-1, -1, -1]])
     want = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-1.0))) / 2
@@ -195,7 +195,7 @@ def test_process_loss_is_bce_over_scored_tokens():
 
 
 def test_process_coef_adds_the_per_token_loss_from_the_same_forward(tiny_model_cfg, tiny_tokenizer):
-    from stages.losses import process_loss
+    from stages.lm.losses import process_loss
     from stages.reward_model import Example, collate, ranking_loss_step
     model = _seq_model(tiny_model_cfg, tiny_tokenizer).eval()
     seqs = [[5, 6, 7, 8], [5, 6, 9]]

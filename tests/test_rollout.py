@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from stages import rollout
-from stages.generation import Completion
+from stages.rl import rollout
+from stages.lm.generation import Completion
 
 
 def test_collate_masks_and_per_token_logps_match_unpadded(tiny_model):
@@ -64,7 +64,7 @@ def test_rollouts_file_resumes_after_a_kill(tmp_path, tiny_model, tiny_tokenizer
 
 
 def test_policy_fingerprint_changes_with_the_weights(tmp_path, tiny_model, tiny_tokenizer):
-    from stages.model import save_model
+    from stages.lm.model import save_model
     save_model(tiny_model, tiny_tokenizer, tmp_path / "m")
     first = rollout.policy_fingerprint(tmp_path / "m")
     with torch.no_grad():
@@ -84,7 +84,7 @@ def test_unknown_family_is_a_user_error():
 def test_rollouts_cli(tmp_path, tiny_model, tiny_tokenizer):
     from argparse import Namespace
     from pipeline.errors import UserError
-    from stages.model import save_model
+    from stages.lm.model import save_model
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\n")
     with pytest.raises(UserError, match="no SFT model"):

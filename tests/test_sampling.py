@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from stages.sampling import regurgitation, sample, sample_cli
+from stages.lm.sampling import regurgitation, sample, sample_cli
 
 TRAIN = ["And God said, Let there be light: and there was light. And God saw the light, that it was good.",
          "The quick brown fox jumps over the lazy dog; strawberry has three r letters in it, count them."]
@@ -17,7 +17,7 @@ HELD_OUT = ["Is 9.11 bigger than 9.9? No: 9.90 > 9.11. Numbers 0 1 2 3 4 5 6 7 8
 
 @pytest.fixture()
 def model_dir(tmp_path, tiny_model, tiny_tokenizer):
-    from stages.model import save_model
+    from stages.lm.model import save_model
     save_model(tiny_model, tiny_tokenizer, tmp_path / "m")
     return tmp_path / "m"
 
@@ -38,7 +38,7 @@ def test_seeded_samples_repeat_and_unseeded_vary(model_dir, capsys):
 
 
 def test_greedy_and_filters(model_dir):
-    from stages.model import load_causal_lm
+    from stages.lm.model import load_causal_lm
     model, tok = load_causal_lm(model_dir)
     greedy = sample(model, tok, "The", n=2, temperature=0, max_new_tokens=10)
     assert greedy[0] == greedy[1]

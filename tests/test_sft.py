@@ -55,7 +55,7 @@ def _one_step(model, rows, micro, accum, tokenizer):
 
 
 def test_accumulated_micro_batches_equal_one_big_batch(tiny_model_cfg, tiny_tokenizer):
-    from stages.model import build_model
+    from stages.lm.model import build_model
     rows = [(i, l, None) for i, l in _examples(tiny_tokenizer, 4)]
     results = []
     for micro, accum in ((4, 1), (1, 4), (2, 2)):
@@ -113,7 +113,7 @@ def _run_stage(tmp_path, tiny_model, tiny_tokenizer, **sft):
     from pipeline.context import StageContext
     from pipeline.tracking import Tracker
     from stages import sft as sft_stage
-    from stages.model import save_model
+    from stages.lm.model import save_model
     start = tmp_path / "start"
     save_model(tiny_model, tiny_tokenizer, start)
     recipe = Recipe.model_validate({"name": "t", "sft": {
@@ -129,7 +129,7 @@ def _run_stage(tmp_path, tiny_model, tiny_tokenizer, **sft):
 @pytest.mark.parametrize("extra, kept", [({}, 36), ({"packing": True, "lora": True, "lora_r": 4,
                                                       "family_weights": {"arithmetic": 2, "unknown": 0}}, 36)])
 def test_stage_end_to_end(tmp_path, tiny_model, tiny_tokenizer, extra, kept):
-    from stages.model import load_causal_lm
+    from stages.lm.model import load_causal_lm
     metrics, out, start = _run_stage(tmp_path, tiny_model, tiny_tokenizer, **extra)
     for family in ("arithmetic", "calculator", "identity"):
         assert f"eval/acc/{family}" in metrics and f"base/acc/{family}" in metrics

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.tools import CalculatorError, calculate, tool_result
+from stages.tools.calculator import CalculatorError, calculate, tool_result
 
 
 @pytest.mark.parametrize("expr, value", [

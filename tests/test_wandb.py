@@ -48,7 +48,7 @@ def test_two_real_stages_one_group_shared_metric_names(tmp_path, offline):
     Runner(recipe, path).run(["pretrain"])  # tokenizer, then pretrain: two real stages
     run_dir = tmp_path / "runs" / "wb"
     # a third run in the group: `eval` of the pretrained model speaks the same eval/ names as pretrain
-    call_stage(recipe, "stages.eval:run", "eval", {"model": str(run_dir / "pretrain")}, tmp_path / "ev", run_dir)
+    call_stage(recipe, "pipeline.commands.eval:run", "eval", {"model": str(run_dir / "pretrain")}, tmp_path / "ev", run_dir)
 
     runs = {r.job_type: r for r in read_runs(run_dir / "wandb")}
     assert set(runs) == {"tokenizer", "pretrain", "eval"}

@@ -27,8 +27,8 @@ import torch
 
 from pipeline.distributed import is_deepspeed, mean_over_ranks
 from pipeline.errors import UserError
-from stages import losses
-from stages.grpo import batched_logps, collate, completion_logps, gold_rewards, rows, sample_groups
+from stages.lm import losses
+from stages.rl.grpo import batched_logps, collate, completion_logps, gold_rewards, rows, sample_groups
 
 
 class ValueModel(torch.nn.Module):
@@ -123,7 +123,7 @@ def ppo_epoch(policy, value_model, batch, targets, cfg, accelerator, optimizers,
 def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, accelerator, optimizer,
           scheduler, monitor=None, sampler=None):
     """The PPO loop; returns (prepared policy, final metrics)."""
-    from stages.optim import make_optimizer
+    from stages.lm.optim import make_optimizer
     cfg = recipe.rl
     micro = cfg.micro_batch_size
     if is_deepspeed(accelerator):

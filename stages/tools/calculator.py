@@ -1,6 +1,6 @@
 """The calculator tool: safe arithmetic on what the model writes between <|calc|> and <|/calc|>.
 
-    from stages.tools import calculate, tool_result
+    from stages.tools.calculator import calculate, tool_result
     calculate("48213 * 739")        # "35629407"
     tool_result("__import__('os')")  # "error: names are not allowed"
 

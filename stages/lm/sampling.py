@@ -23,7 +23,7 @@ from pipeline.errors import UserError
 
 def _load(checkpoint: str):
     from pathlib import Path
-    from stages.model import load_causal_lm
+    from stages.lm.model import load_causal_lm
     looks_local = checkpoint.startswith(("/", ".", "~")) or Path(checkpoint).exists()
     if looks_local and not (Path(checkpoint).expanduser() / "config.json").is_file():
         raise UserError(f"{checkpoint}: not an HF model dir (no config.json); expected e.g. runs/tiny/pretrain")

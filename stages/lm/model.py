@@ -45,7 +45,7 @@ def build_model(model_cfg, tokenizer):
 def mask_padded_vocab(model, vocab: int) -> None:
     """Give embedding rows past the tokenizer (model.vocab_size padding) logit -inf in every forward.
 
-    Our sampler never draws them (stages.generation cuts the logits to the tokenizer's size), so RL's
+    Our sampler never draws them (stages.lm.generation cuts the logits to the tokenizer's size), so RL's
     log-probs, ratios and KL must normalise over the same tokens. A forward hook, not a weight change:
     nothing of it is saved."""
     import torch

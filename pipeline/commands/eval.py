@@ -9,7 +9,7 @@ Suites (the same names the stages log at their end, so W&B panels and the report
 - base:  eval/val_loss, eval/val_bpb on the recipe's held-out documents (stages.pretrain.val_bits_per_byte)
          and a table of sampled continuations (eval.samples of them);
 - chat:  eval/acc/<family>, eval/format/<family>, eval/acc, eval/format on held-out built-in tasks
-         (stages.eval_tasks.evaluate_families, greedy, calculator on) and a completions table;
+         (stages.eval.families.evaluate_families, greedy, calculator on) and a completions table;
 - rm:    eval/pairwise_acc, eval/top1_acc (+ /<family>, and gold_ variants against the verifier) on
          the held-out ranked rollouts of the recipe's run (stages.reward_model's split and metrics);
 - rl:    gold accuracy (the chat metrics), pass@k, eval/rm_reward, eval/kl to the reference policy,
@@ -41,7 +41,7 @@ class EvalResult:
 
 
 def suites() -> tuple[str, ...]:
-    from stages.benchmarks import BENCHMARKS
+    from stages.eval.benchmarks import BENCHMARKS
     return CHAT_SUITES + tuple(BENCHMARKS)
 
 
@@ -70,7 +70,7 @@ def _input_of(checkpoint: str | Path, role: str) -> str | None:
 # ------------------------------------------------------------------ suites
 def suite_base(model, tokenizer, recipe, limit: int | None = None) -> EvalResult:
     from stages.data.sources import split_documents
-    from stages.generation import generate
+    from stages.lm.generation import generate
     from stages.pretrain import val_bits_per_byte
     _, val_docs = split_documents(recipe.data, recipe.seed)
     val_docs = val_docs[:limit] if limit else val_docs
@@ -91,7 +91,7 @@ def families_of(recipe) -> list[str]:
 
 
 def suite_chat(model, tokenizer, recipe, limit: int | None = None) -> EvalResult:
-    from stages.eval_tasks import evaluate_families
+    from stages.eval.families import evaluate_families
     ev = recipe.eval
     metrics, rows = evaluate_families(model, tokenizer, families_of(recipe), limit or ev.max_prompts_per_family,
                                       recipe.seed, ev.max_new_tokens, use_tools=True, return_rows=True)
@@ -104,7 +104,7 @@ def suite_rl(model, tokenizer, recipe, checkpoint, ctx, reference: str | None = 
     reference = reference or _input_of(checkpoint, "policy")
     if not reference:
         raise UserError(f"{checkpoint}: the rl suite needs a reference policy for KL; pass --reference SFT_DIR")
-    from stages.model import load_causal_lm
+    from stages.lm.model import load_causal_lm
     from stages.rl import evaluate
     ref_model, _ = load_causal_lm(reference, _device())
     rm_fn = None
@@ -120,7 +120,7 @@ def suite_rm(checkpoint, recipe, ctx, limit: int | None = None) -> EvalResult:
     from reward.model_scorer import RewardModelScorer
     from reward.ranking import collect_rankings
     from stages.reward_model import encode, is_test, ranking_metrics, score_examples, split_key
-    from stages.rollout import read_rollouts
+    from stages.rl.rollout import read_rollouts
     path = ctx.run_dir / "rollouts.jsonl"
     rollouts = read_rollouts(path)
     if not rollouts:
@@ -141,7 +141,7 @@ def suite_rm(checkpoint, recipe, ctx, limit: int | None = None) -> EvalResult:
 
 
 def suite_benchmark(name, model, tokenizer, recipe, checkpoint, limit=None, data_file=None) -> EvalResult:
-    from stages.benchmarks import run_benchmark
+    from stages.eval.benchmarks import run_benchmark
     chat = detect_suite(checkpoint) in ("chat", "rl")
     metrics, rows = run_benchmark(name, model, tokenizer, limit=limit or recipe.eval.benchmark_limit,
                                   data_file=data_file or recipe.eval.benchmark_files.get(name), chat=chat,
@@ -152,7 +152,7 @@ def suite_benchmark(name, model, tokenizer, recipe, checkpoint, limit=None, data
 
 def suite_benchmarks(model, tokenizer, recipe, checkpoint, limit=None) -> EvalResult:
     """Every benchmark the recipe lists in eval.benchmarks (local files from eval.benchmark_files)."""
-    from stages.benchmarks import BENCHMARKS
+    from stages.eval.benchmarks import BENCHMARKS
     names = recipe.eval.benchmarks
     if not names:
         raise UserError("eval.benchmarks: empty; list some of " + ", ".join(BENCHMARKS) + " (or pass --suite NAME)")
@@ -171,7 +171,7 @@ def evaluate(checkpoint: str | Path, suite: str, recipe, ctx, *, limit: int | No
              data_file: str | None = None, reference: str | None = None,
              reward_model: str | None = None) -> EvalResult:
     """Run one suite on a checkpoint dir (or hub id)."""
-    from stages.model import load_causal_lm
+    from stages.lm.model import load_causal_lm
     suite = detect_suite(checkpoint) if suite == "auto" else suite
     if suite not in suites() + ("benchmarks",):
         raise UserError(f"--suite {suite}: unknown; expected auto, benchmarks or one of {', '.join(suites())}")

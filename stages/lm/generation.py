@@ -1,6 +1,6 @@
 """Batched sampling with a KV cache and the calculator tool run inside the loop.
 
-    from stages.generation import generate
+    from stages.lm.generation import generate
     out = generate(model, tok, [render_prompt(tok, msgs)], max_new_tokens=96, temperature=1.0,
                    num_samples=8, seed=0)          # out[prompt][sample] -> Completion
     for token_id, from_tool in stream(model, tok, prompt_ids, max_new_tokens=96): ...   # one row, live
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from stages.tokenizer import CALL, END, END_CALL, END_RESULT, RESULT
-from stages.tools import tool_result
+from stages.tools.calculator import tool_result
 
 
 @dataclass

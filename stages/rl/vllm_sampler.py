@@ -1,6 +1,6 @@
 """RL rollouts through vLLM on GPU, with our calculator tool run between requests.
 
-    sampler = make_sampler(cfg, policy_dir, tokenizer, accelerator)   # None: HF generate (stages.generation)
+    sampler = make_sampler(cfg, policy_dir, tokenizer, accelerator)   # None: HF generate (stages.lm.generation)
     groups = sampler.generate(prompts, max_new_tokens=96, temperature=1.0, num_samples=8, seed=0)
     sampler.load_weights(accelerator.unwrap_model(policy))           # after every optimizer step
 
@@ -9,7 +9,7 @@ Each process runs its own colocated engine on its own GPU (TRL's "colocate" mode
 distributed_executor_backend="external_launcher"), sampling the prompts that rank drew, and takes
 the policy's new weights in place after each optimizer step (no disk round trip).
 
-The output is stages.generation's: out[prompt][sample] -> Completion, with the same rules. vLLM
+The output is stages.lm.generation's: out[prompt][sample] -> Completion, with the same rules. vLLM
 samples until <|end|> or <|/calc|>; a row that stopped at <|/calc|> gets the calculator's
 <|result|>VALUE<|/result|> appended (tool_mask 1: not sampled, no loss) and goes back as a new request
 whose prompt is everything so far (vLLM's prefix cache makes the resend cheap), until <|end|> or the
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 
 from pipeline.errors import UserError
-from stages.generation import Completion, _Row, _tool_tokens
+from stages.lm.generation import Completion, _Row, _tool_tokens
 from stages.tokenizer import CALL, END, END_CALL
 
 

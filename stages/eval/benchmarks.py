@@ -227,7 +227,7 @@ def answers_match(predicted: str | None, reference: str) -> bool:
 def evaluate_gsm8k(model, tokenizer, items: list[Problem], *, chat: bool, max_new_tokens: int = 256,
                    batch_size: int = 32) -> tuple[dict[str, float], list[list]]:
     """Greedy generation, answer extraction, exact numeric match. Returns metrics and table rows."""
-    from stages.generation import generate
+    from stages.lm.generation import generate
     if not items:
         raise UserError("gsm8k eval: no questions to score")
     prompts = [gsm8k_prompt(tokenizer, p.question, chat) for p in items]

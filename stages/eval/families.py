@@ -1,6 +1,6 @@
 """Held-out evaluation on the built-in task families: accuracy and chat-format compliance per family.
 
-    from stages.eval_tasks import evaluate_families
+    from stages.eval.families import evaluate_families
     metrics = evaluate_families(model, tok, ["arithmetic", "calculator"], n_per_family=50, seed=1337,
                                 max_new_tokens=128)
     # eval/acc/<family>, eval/format/<family>, eval/acc, eval/format (+ eval/pass@k/<family> with samples > 1)
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from stages.data.chat import render_prompt
 from stages.data.tasks import is_well_formed, make_tasks, score
-from stages.generation import generate
+from stages.lm.generation import generate
 
 
 def evaluate_families(model, tokenizer, families, n_per_family, seed, max_new_tokens, use_tools=True, samples=1,

@@ -37,7 +37,7 @@ def reply(model, tokenizer, messages: list[dict], write: Callable[[str], None], 
           max_new_tokens: int) -> str:
     """Stream one assistant turn to `write`; return its text (tool spans kept, no end token)."""
     from stages.data.chat import render_prompt
-    from stages.generation import stream
+    from stages.lm.generation import stream
     ids: list[int] = []
     shown = ""
     for token, _ in stream(model, tokenizer, render_prompt(tokenizer, messages), max_new_tokens=max_new_tokens,
@@ -79,7 +79,7 @@ def chat_loop(model, tokenizer, system: str | None, read: Callable[[], str], wri
 
 def chat_cli(args) -> int:
     from pipeline.errors import UserError
-    from stages.model import load_causal_lm
+    from stages.lm.model import load_causal_lm
     from stages.tokenizer import ensure_chat_tokens
     path = args.checkpoint
     if not Path(path).is_dir() and (path.startswith((".", "/", "~")) or path.count("/") != 1):

@@ -9,7 +9,7 @@ answer, used to centre the reward model), "completions": [{"text", "finished", "
 Prompts are generated in fixed chunks, each with its own seed, and appended (fsynced) chunk by chunk, so a
 killed run resumes where it stopped and produces the same file. A file from another policy or other
 sampling settings is moved aside (rollouts.<old policy>.jsonl), never mixed in.
-Sampling is batched with a KV cache and the calculator tool live (stages.generation.generate).
+Sampling is batched with a KV cache and the calculator tool live (stages.lm.generation.generate).
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def make_rollouts(model, tokenizer, tasks: list, path: str | Path, *, k: int, te
                   max_new_tokens: int, seed: int, policy: str, log=print) -> list[dict]:
     """Sample k completions for each task's prompt into `path` (resuming a partial file); all records."""
     from stages.data.chat import render_prompt
-    from stages.generation import generate
+    from stages.lm.generation import generate
     from stages.tokenizer import END
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ def make_rollouts(model, tokenizer, tasks: list, path: str | Path, *, k: int, te
 
 def rollouts_for_recipe(recipe, model_dir: str | Path, path: str | Path, device: str, log=print) -> list[dict]:
     """The recipe's rollouts from the policy in model_dir (generated or resumed)."""
-    from stages.model import load_causal_lm
+    from stages.lm.model import load_causal_lm
     cfg = recipe.rm
     model, tokenizer = load_causal_lm(model_dir, device=device)
     tasks = rollout_tasks(cfg.families, cfg.num_prompts, recipe.seed)
@@ -170,7 +170,7 @@ def rollouts_cli(args) -> int:
 
 # ---------------------------------------------------------------- tensors shared by RL and RM
 def collate_completions(completions, pad_id: int) -> dict[str, torch.Tensor]:
-    """Completions (stages.generation.Completion) -> right-padded prompt+completion tensors.
+    """Completions (stages.lm.generation.Completion) -> right-padded prompt+completion tensors.
 
     input_ids, attention_mask, completion_mask: (N, L), aligned; completion_mask is 1 on tokens the policy
     sampled (not the prompt, not padding, not tool output)."""

@@ -1,6 +1,6 @@
 """The equal-compute control for RL: the SFT checkpoint trained further with SFT for RL's wall time.
 
-    from stages.rl_control import continue_sft
+    from stages.rl.control import continue_sft
     model, tokenizer, info = continue_sft("runs/tiny/sft", recipe, wall_s=150.0, ctx=ctx)
 
 RL's gain means little without it: RL spends compute, and more SFT with the same compute may buy as
@@ -30,7 +30,7 @@ def continue_sft(policy_path: str, recipe, wall_s: float, ctx):
 
     from stages import sft
     from stages.data.conversations import SkipReport
-    from stages.optim import make_optimizer
+    from stages.lm.optim import make_optimizer
     cfg = recipe.sft
     accelerator = Accelerator()
     model, tokenizer = sft.load_start_model(policy_path)

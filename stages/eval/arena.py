@@ -162,8 +162,8 @@ def held_out_tasks(families: list[str], n: int, seed: int):
 def answer_all(checkpoint: str, tasks, max_new_tokens: int, temperature: float, seed: int) -> tuple[list[str], list[str]]:
     """(rendered prompt texts, completion texts) of one checkpoint on the tasks."""
     from stages.data.chat import render_prompt
-    from stages.generation import generate
-    from stages.model import load_causal_lm
+    from stages.lm.generation import generate
+    from stages.lm.model import load_causal_lm
     import torch
     if not Path(checkpoint).is_dir():
         raise UserError(f"arena: checkpoint '{checkpoint}' is not a model dir")

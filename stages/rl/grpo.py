@@ -3,7 +3,7 @@
     lifecycle run recipes/tiny.yaml --stages rl            # rl.algorithm: grpo (the default)
 
 Each step: take `prompts_per_step` training prompts, sample G = `num_generations` completions of each
-with the calculator tool live (stages.generation), score them with the reward mix (reward/combine.py),
+with the calculator tool live (stages.lm.generation), score them with the reward mix (reward/combine.py),
 turn rewards into group-normalised advantages, and take one clipped policy-gradient step per
 `ppo_epochs` (the paper's mu), with an optional k3 KL penalty to the frozen reference.
 
@@ -28,12 +28,12 @@ import time
 import torch
 
 from pipeline.distributed import mean_over_ranks
-from stages import losses
-from stages.rollout import collate_completions, per_token_logps
+from stages.lm import losses
+from stages.rl.rollout import collate_completions, per_token_logps
 
 
 # ---------------------------------------------------------------- rollouts -> tensors
-# A batch is stages.rollout.collate_completions' dict: input_ids, attention_mask, completion_mask, all
+# A batch is stages.rl.rollout.collate_completions' dict: input_ids, attention_mask, completion_mask, all
 # (N, L) right-padded prompt+completion rows; completion_mask is 0 on tool output, so the calculator's
 # tokens get no logprob, no KL and no loss.
 
@@ -64,9 +64,9 @@ def batched_logps(model, batch: dict, micro: int, temperature: float = 1.0) -> t
 def sample_groups(model, tokenizer, tasks, cfg, num_samples: int, seed: int | None, sampler=None):
     """G completions of each task's prompt, flattened group by group, with the reward fields.
 
-    sampler: a stages.vllm_generation.VLLMSampler holding the policy's current weights, else HF generate."""
+    sampler: a stages.rl.vllm_sampler.VLLMSampler holding the policy's current weights, else HF generate."""
     from stages.data.chat import render_prompt
-    from stages.generation import generate
+    from stages.lm.generation import generate
     prompts = [render_prompt(tokenizer, t.prompt_messages()) for t in tasks]
     was_training = model.training
     model.eval()
