@@ -23,16 +23,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from pipeline.recipe import load_recipe
+from pipeline.tracking import Tracker
+from stages.data.shards import ShardSet, TrainWindows, build_shards
+from stages.lm.bpe import train_bpe
+from stages.lm.model import build_model
+from stages.lm.optim import make_optimizer, make_scheduler
+from stages.pretrain import _lr_used, _train_step, accum_steps
+from stages.tokenizer import collect_texts
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def setup(work: Path, recipe_path: str):
-    import torch
-    from pipeline.recipe import load_recipe
-    from stages.data.shards import ShardSet, build_shards
-    from stages.lm.model import build_model
-    from stages.tokenizer import collect_texts, train_bpe
     recipe = load_recipe(recipe_path, ["data.max_documents=300"])
     train, _ = collect_texts(recipe.data, recipe.seed, 2_000_000, 0)
     tokenizer = train_bpe(train, recipe.tokenizer.vocab_size)
@@ -44,11 +52,6 @@ def setup(work: Path, recipe_path: str):
 
 def ours(recipe, model, shards, work: Path):
     """A closure running one step of the stage's loop; returns tokens per step."""
-    from accelerate import Accelerator
-    from pipeline.tracking import Tracker
-    from stages.data.shards import TrainWindows
-    from stages.lm.optim import make_optimizer, make_scheduler
-    from stages.pretrain import _lr_used, _train_step, accum_steps
     cfg, seq_len = recipe.pretrain, recipe.model.seq_len
     acc = Accelerator(cpu=True)
     accum = accum_steps(cfg, seq_len, 1)
@@ -71,8 +74,6 @@ def ours(recipe, model, shards, work: Path):
 
 
 def minimal(recipe, model, shards):
-    import torch
-    import torch.nn.functional as F
     cfg, T = recipe.pretrain, recipe.model.seq_len
     data = torch.from_numpy(shards.head("train").astype("int64"))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -99,7 +100,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=4, help="blocks per side (alternating)")
     args = parser.parse_args()
-    import torch
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         recipe, tokenizer, shards, model = setup(work, args.recipe)

@@ -1,4 +1,5 @@
-"""GRPO step time: our loop (stages/grpo.py) vs TRL's GRPOTrainer, same model, G, batch and lengths, one run.
+"""GRPO step time: our loop (stages/policy_gradient/grpo.py) vs TRL's GRPOTrainer, same model, G, batch and
+lengths, one run.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/rl_step.py                    # a fresh tiny Llama
     OMP_NUM_THREADS=1 .venv/bin/python bench/rl_step.py --model runs/tiny/sft --steps 6
@@ -21,18 +22,27 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from pipeline.schema import Model, RLStage
+from reward.combine import RewardMix
+from reward.verifiers import verifier_reward
+from stages.data.chat import render_text
+from stages.data.tasks import FAMILIES, make_tasks
+from stages.lm.bpe import train_bpe
+from stages.lm.model import build_model, load_causal_lm, save_model
+from stages.policy_gradient.grpo import grpo_step
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_tiny(out_dir: Path) -> str:
     """A fresh 4x128 Llama with a 1024-token BPE trained on the task texts (stands in for an SFT model)."""
-    import torch
 
-    from pipeline.schema import Model
-    from stages.data.tasks import FAMILIES, make_tasks
-    from stages.lm.model import build_model, save_model
-    from stages.tokenizer import train_bpe
     texts = [m["content"] for f in FAMILIES for t in make_tasks(f, 300, 0, "train") for m in t.messages]
     tok = train_bpe(texts, vocab_size=1024)
     torch.manual_seed(0)
@@ -43,13 +53,7 @@ def build_tiny(out_dir: Path) -> str:
 def run_ours(model_dir: str, tasks, args) -> tuple[list[float], list[float]]:
     import random
 
-    import torch
-    from accelerate import Accelerator
 
-    from pipeline.schema import RLStage
-    from reward.combine import RewardMix
-    from stages.rl.grpo import grpo_step
-    from stages.lm.model import load_causal_lm
     cfg = RLStage(num_generations=args.G, prompts_per_step=args.prompts, max_new_tokens=args.max_new_tokens,
                   temperature=1.0, beta=0.0, loss_type="token", micro_batch_size=args.prompts * args.G)
     accelerator = Accelerator(cpu=True)
@@ -70,12 +74,8 @@ def run_ours(model_dir: str, tasks, args) -> tuple[list[float], list[float]]:
 
 
 def run_trl(model_dir: str, tasks, args, work: Path) -> tuple[list[float], list[float]]:
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from reward.verifiers import verifier_reward
-    from stages.data.chat import render_text
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     data = Dataset.from_list([{"prompt": render_text(tok, t.prompt_messages(), add_generation_prompt=True),
@@ -118,7 +118,6 @@ def main() -> None:
     parser.add_argument("--G", type=int, default=8, help="completions per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     args = parser.parse_args()
-    from stages.data.tasks import make_tasks
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = args.model or build_tiny(work / "model")

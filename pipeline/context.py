@@ -24,7 +24,7 @@ class StageContext:
 
     @property
     def device(self) -> str:
-        import torch
+        import torch  # lazy: pipeline/ stays importable without torch, so plan and status answer at once
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     @property
@@ -36,7 +36,7 @@ class StageContext:
 
 
 def seed_everything(seed: int) -> None:
-    import numpy as np
+    import numpy as np  # lazy, as above
     import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)

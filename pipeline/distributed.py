@@ -26,11 +26,14 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+from accelerate.utils import DistributedType
+from transformers.integrations import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
 from pipeline.errors import UserError
 
 
 def is_deepspeed(accelerator) -> bool:
-    from accelerate.utils import DistributedType
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
@@ -66,7 +69,6 @@ def mean_over_ranks(accelerator, metrics: dict[str, float]) -> dict[str, float]:
     Every rank must call it with the same keys; one process returns the dict unchanged."""
     if accelerator.num_processes == 1 or not metrics:
         return metrics
-    import torch
     keys = sorted(metrics)
     values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=accelerator.device)
     return dict(zip(keys, accelerator.reduce(values, "mean").tolist()))
@@ -74,7 +76,6 @@ def mean_over_ranks(accelerator, metrics: dict[str, float]) -> dict[str, float]:
 
 def holds_shards(accelerator) -> bool:
     """True when no rank holds whole parameters (FSDP, ZeRO-3): saving must gather them first."""
-    from accelerate.utils import DistributedType
     return accelerator.distributed_type == DistributedType.FSDP or partitions_at_load(accelerator)
 
 
@@ -94,7 +95,6 @@ def whole_model_loading(accelerator):
         return
     # transformers decides from its global DeepSpeed config (accelerate's plugin keeps it alive);
     # the plugin's zero3_init_context_manager re-creates that config, so it does not turn this off.
-    from transformers.integrations import set_hf_deepspeed_config, unset_hf_deepspeed_config
     unset_hf_deepspeed_config()
     try:
         yield

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.context import StageContext, seed_everything
 from pipeline.errors import UserError
+from pipeline.recipe import RecipeView, recipe_to_dict
 from pipeline.schema import Distributed, Recipe
 from pipeline.tracking import Tracker
 
@@ -30,9 +31,11 @@ def load_entry(entry: str):
 
 
 def call_stage(recipe: Recipe, entry: str, stage: str, inputs: dict[str, str], out_dir: Path,
-               run_dir: Path) -> dict:
-    """Seed, build the context, run the stage function; returns {"metrics", "wandb"} on every rank."""
-    from pipeline.recipe import recipe_to_dict
+               run_dir: Path, reads: tuple[str, ...] | None = None) -> dict:
+    """Seed, build the context, run the stage function; returns {"metrics", "wandb"} on every rank.
+
+    reads: the recipe sections the stage's fingerprint covers; the stage then sees only those (RecipeView).
+    None passes the whole recipe (commands such as `lifecycle eval` that are not fingerprinted)."""
     seed_everything(recipe.seed)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     config = recipe_to_dict(recipe)
@@ -40,7 +43,8 @@ def call_stage(recipe: Recipe, entry: str, stage: str, inputs: dict[str, str], o
     ctx = StageContext(stage=stage, out_dir=Path(out_dir), run_dir=Path(run_dir), seed=recipe.seed,
                        tracker=tracker, num_processes=world)
     try:
-        metrics = load_entry(entry)(recipe, inputs, ctx) or {}
+        view = recipe if reads is None else RecipeView(recipe, reads, stage)
+        metrics = load_entry(entry)(view, inputs, ctx) or {}
         tracker.summary(metrics)
     finally:
         wandb_path = tracker.finish()
@@ -49,10 +53,10 @@ def call_stage(recipe: Recipe, entry: str, stage: str, inputs: dict[str, str], o
 
 
 def run_in_process(recipe: Recipe, entry: str, stage: str, inputs: dict[str, str], out_dir: Path,
-                   run_dir: Path) -> dict:
+                   run_dir: Path, reads: tuple[str, ...] | None = None) -> dict:
     reset_accelerate_state()
     try:
-        return call_stage(recipe, entry, stage, inputs, out_dir, run_dir)
+        return call_stage(recipe, entry, stage, inputs, out_dir, run_dir, reads)
     finally:
         reset_accelerate_state()
 
@@ -64,7 +68,7 @@ def reset_accelerate_state() -> None:
     "bf16") on a GPU, the rm stage's Accelerator(mixed_precision="no") would raise "AcceleratorState has
     already been initialized". Stages run one after another in `lifecycle run`, so each starts clean."""
     if "accelerate" in sys.modules:
-        from accelerate.state import AcceleratorState
+        from accelerate.state import AcceleratorState  # lazy: only once a stage has loaded accelerate
         AcceleratorState._reset_state()
 
 
@@ -148,10 +152,8 @@ def run_distributed(dist: Distributed, entry: str, stage_dir: Path, run_dir: Pat
     return json.loads(result_path.read_text())
 
 
-def describe(dist: Distributed, recipe_path: Path, stage: str, run_dir: Path) -> str:
+def describe(dist: Distributed, recipe_path: Path, stage: str, entry: str, run_dir: Path) -> str:
     """The exact command that runs the stage (printed by `lifecycle plan`)."""
-    from pipeline.runner import STAGES
-    entry = next((s.entry for s in STAGES if s.name == stage), f"stages.{stage}:run")
     stage_dir = Path(run_dir) / f"{stage}.tmp"
     if dist.num_processes * dist.num_machines == 1:
         return f"in-process: {entry}(recipe={recipe_path}, out={stage_dir})"

@@ -38,6 +38,23 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     return recipe.model_dump(mode="json", by_alias=True, exclude={"extends"})
 
 
+class RecipeView:
+    """The recipe as one stage sees it: the sections its fingerprint covers, plus the run-level settings
+    that do not change its result (name, output_dir, tracking, distributed). Reading any other section
+    raises, so a stage cannot come to depend on what its fingerprint leaves out."""
+
+    RUN_LEVEL = ("name", "output_dir", "tracking", "distributed", "distributed_for")
+
+    def __init__(self, recipe: Recipe, sections: tuple[str, ...], stage: str):
+        self._recipe, self._sections, self._stage = recipe, tuple(sections), stage
+
+    def __getattr__(self, name: str):
+        if name in self._sections or name in self.RUN_LEVEL:
+            return getattr(self._recipe, name)
+        raise AttributeError(f"stage '{self._stage}' reads recipe.{name}, which its fingerprint does not cover; "
+                             f"add '{name}' to the stage's sections in pipeline/runner.py")
+
+
 def validate(raw: dict, path: Path) -> Recipe:
     try:
         return Recipe.model_validate(raw)
@@ -125,6 +142,8 @@ def _describe(err: dict, raw: dict, path: Path) -> str:
     if kind == "missing":
         return f"{where}: {dotted}: required key is missing"
     got = err.get("input")
+    if kind == "value_error":  # our own validators (pipeline/schema.py) say what is wrong in full
+        return f"{where}: {dotted}: {err['ctx']['error']}"
     if kind == "literal_error":
         return f"{where}: {dotted}: expected {err['ctx']['expected']}, got {got!r}"
     expected = _expected(kind, err)

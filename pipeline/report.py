@@ -11,6 +11,7 @@ nanochat's report card: one page from base model to assistant).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import artifacts
-from pipeline.errors import UserError
+from pipeline.recipe import recipe_to_dict
 from pipeline.report_plots import plot_ladder, plot_losses, plot_rl, plot_rm
+from pipeline.tracking import Tracker, wandb_mode
 
 STAGES = ("tokenizer", "pretrain", "sft", "rm", "rl")  # pipeline order (pipeline.runner.STAGE_NAMES)
 TOKEN_KEYS = ("train/tokens", "tokens")                  # total training tokens a stage reports
@@ -218,8 +220,6 @@ def write_report(run_dir: str | Path, run_name: str | None = None) -> Report:
 
 def log_summary_to_wandb(report: Report, recipe) -> str | None:
     """A W&B run (group = run name, job_type "summary"): the ladder as a table and summary, the plots."""
-    from pipeline.recipe import recipe_to_dict
-    from pipeline.tracking import Tracker
     run_dir = report.path.parent
     tracker = Tracker("summary", run_dir / "report", run_dir, recipe.name, recipe_to_dict(recipe),
                       recipe.tracking, echo=False)
@@ -239,31 +239,6 @@ def log_summary_to_wandb(report: Report, recipe) -> str | None:
 def summary_state(report: Report) -> str:
     """What a W&B summary run shows: the stage manifests, and the W&B mode (a key set later makes a run
     online that was offline)."""
-    import hashlib
-    from pipeline.tracking import wandb_mode
     blob = json.dumps({"manifests": {n: r.manifest for n, r in report.stages.items()}, "mode": wandb_mode()},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def report_cli(args) -> int:
-    from pipeline.recipe import load_recipe
-    recipe = load_recipe(args.recipe, args.overrides)
-    run_dir = Path(recipe.output_dir) / recipe.name
-    if not run_dir.is_dir():
-        raise UserError(f"{args.recipe}: no run at {run_dir}; run the recipe first (lifecycle run {args.recipe})")
-    report = write_report(run_dir, recipe.name)
-    print(f"report: {report.path} ({len(report.stages)} stages; plots: {', '.join(report.plots) or 'none'})")
-    if recipe.tracking.wandb:
-        # Once per state of the run: `make all` on a finished run reports again, and a summary run each
-        # time would crowd the group with copies.
-        record, state = run_dir / "report" / "wandb_summary.json", summary_state(report)
-        logged = json.loads(record.read_text()) if record.is_file() else {}
-        if logged.get("state") == state:
-            print(f"report: W&B summary run up to date ({logged.get('run')})")
-        else:
-            where = log_summary_to_wandb(report, recipe)
-            print(f"report: W&B summary run {where}")
-            if where is not None:
-                artifacts.write_json_atomic(record, {"state": state, "run": where})
-    return 0

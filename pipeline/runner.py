@@ -32,7 +32,7 @@ from pipeline.schema import Distributed, Recipe
 class StageSpec:
     name: str
     entry: str                                  # "module:function" implementing run(cfg, inputs, ctx)
-    config_keys: tuple[str, ...]                # recipe sections that define the stage (fingerprinted)
+    config_keys: tuple[str, ...]                # recipe sections the stage reads: fingerprinted, and all it can see
     inputs: Callable[[Recipe], dict[str, str]]  # role -> upstream stage name, or "ext:<path or hub id>"
     distributed: bool = True                    # False: always one process (the tokenizer trains on one CPU)
 
@@ -55,7 +55,8 @@ STAGES: tuple[StageSpec, ...] = (
               lambda r: {"model": f"ext:{r.pretrain.from_}"} if r.pretrain.from_ else {"tokenizer": "tokenizer"}),
     StageSpec("sft", "stages.sft:run", ("seed", "sft", "eval"), lambda r: _upstream(r, "sft", "model", "pretrain")),
     StageSpec("rm", "stages.reward_model:run", ("seed", "rm", "eval"), lambda r: _upstream(r, "rm", "model", "sft")),
-    StageSpec("rl", "stages.rl:run", ("seed", "rl", "eval"), _rl_inputs),
+    # rl reads sft too: its equal-compute control trains with the sft section, PPO's ptx term uses sft.max_length
+    StageSpec("rl", "stages.rl:run", ("seed", "rl", "eval", "sft"), _rl_inputs),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -129,7 +130,7 @@ class Runner:
                 action, reason = "run", "upstream artifact was rebuilt"
             else:
                 action, reason = "skip", "up to date"
-            command = launch.describe(self.distributed_for(spec), self.recipe_path, name, self.run_dir)
+            command = launch.describe(self.distributed_for(spec), self.recipe_path, name, spec.entry, self.run_dir)
             items[name] = PlanItem(spec, action, reason, fp, inputs, command)
         return [items[n] for n in names]
 
@@ -195,6 +196,7 @@ class Runner:
         (tmp / "config.yaml").write_text(yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
         inputs = {role: v["path"] for role, v in item.inputs.items()}
         (tmp / "inputs.json").write_text(json.dumps(inputs, indent=2))
+        (tmp / "reads.json").write_text(json.dumps(list(item.spec.config_keys)))
         started = time.time()
         result = self._launch(item, tmp, inputs)
         manifest = {
@@ -248,7 +250,8 @@ class Runner:
         try:
             if dist.num_processes * dist.num_machines > 1:
                 return launch.run_distributed(dist, item.spec.entry, tmp, self.run_dir, item.spec.name)
-            return launch.run_in_process(self.recipe, item.spec.entry, item.spec.name, inputs, tmp, self.run_dir)
+            return launch.run_in_process(self.recipe, item.spec.entry, item.spec.name, inputs, tmp, self.run_dir,
+                                         item.spec.config_keys)
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as exc:

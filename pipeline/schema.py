@@ -6,9 +6,50 @@ coerced to float by pydantic's lax mode.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+import difflib
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from stages.data.tasks import FAMILIES
+
+REWARD_PARTS = ("verifier", "format", "rm")    # reward/combine.py's built-in parts; others are 'module:function'
+RANKERS = ("verifier", "judge", "human")        # reward/ranking.py's ranking sources
+BENCHMARK_NAMES = ("gsm8k", "arc_easy", "arc_challenge", "hellaswag", "mmlu")  # stages/eval/benchmarks.py
+
+
+def known(names, allowed: tuple[str, ...], what: str):
+    """names unchanged if every one is in `allowed`; else the first stranger, with the closest name."""
+    for name in names:
+        if name not in allowed:
+            close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.5)
+            hint = f" — did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(allowed)}"
+            raise ValueError(f"unknown {what} '{name}'{hint}")
+    return names
+
+
+def check_reward_parts(rewards: dict[str, float]) -> dict[str, float]:
+    """Reward names are built-in parts or 'module:function' (imported when the stage builds the mix)."""
+    known([n for n in rewards if ":" not in n], REWARD_PARTS, "reward (or 'module:function')")
+    for name in rewards:
+        module, _, func = name.partition(":")
+        if ":" in name and not (module and func):
+            raise ValueError(f"reward '{name}': expected 'module:function'")
+    return rewards
+
+
+def check_family_weights(weights: dict[str, float]) -> dict[str, float]:
+    known(list(weights), FAMILIES, "family")
+    for family, w in weights.items():
+        if not 0 <= w <= 10:
+            raise ValueError(f"weight of '{family}' is {w}; expected 0 to 10")
+    return weights
+
+
+Families = Annotated[list[str], AfterValidator(lambda v: known(v, FAMILIES, "family"))]
+Rankers = Annotated[list[str], AfterValidator(lambda v: known(v, RANKERS, "ranker"))]
+Benchmarks = Annotated[list[str], AfterValidator(lambda v: known(v, BENCHMARK_NAMES, "benchmark"))]
+BenchmarkFiles = Annotated[dict[str, str], AfterValidator(lambda v: known(list(v), BENCHMARK_NAMES, "benchmark") and v)]
 
 
 class Section(BaseModel):
@@ -121,8 +162,8 @@ class SFTStage(Section):
     dataset_max_rows: int = Field(20_000, ge=1)  # rows read per hub/local dataset (hub ones stream)
     builtin_train_per_family: int = Field(2000, ge=1)  # built-in generator: train conversations per family
     builtin_test_per_family: int = Field(50, ge=1)     # built-in generator: held-out prompts per family
-    families: list[str] = []                   # built-in task families; [] = all
-    family_weights: dict[str, float] = {}      # family -> multiplier on builtin_train_per_family (0-10); missing = 1
+    families: Families = []                    # built-in task families; [] = all
+    family_weights: Annotated[dict[str, float], AfterValidator(check_family_weights)] = {}  # family -> multiplier on builtin_train_per_family (0-10); missing = 1
     multi_turn_share: float = Field(0.2, ge=0, le=1)  # built-in conversations continued by another task as a 2nd turn
     system_prompt: Optional[str] = None        # system prompt `lifecycle chat` uses with this model (system_prompt.txt); None = the built-in identity prompt
     max_length: int = Field(256, ge=16)        # tokens per conversation; longer ones are skipped (counted)
@@ -146,8 +187,8 @@ class RMStage(Section):
     temperature: float = Field(1.0, gt=0)      # rollout sampling temperature
     top_p: float = Field(1.0, gt=0, le=1)      # rollout nucleus sampling
     max_new_tokens: int = Field(96, ge=1)      # rollout length
-    families: list[str] = []                   # built-in task families to roll out; [] = all
-    rankers: list[str] = ["verifier"]          # mix of: verifier, judge, human (from rankings.jsonl)
+    families: Families = []                    # built-in task families to roll out; [] = all
+    rankers: Rankers = ["verifier"]            # mix of: verifier, judge, human (from rankings.jsonl)
     tie_break: Literal["none", "shorter"] = "none"  # verifier: same-tier completions tie, or the shorter wins
     judge_model: Optional[str] = None          # judge ranker: HF chat model dir / hub id
     rankings_file: Optional[str] = None        # human ranker: JSONL written by `lifecycle rank`
@@ -165,8 +206,8 @@ class RLStage(Section):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
     from_: Optional[str] = Field(None, alias="from")  # policy: an HF model dir / hub id, not sft
     algorithm: Literal["grpo", "ppo"] = "grpo"  # grpo: verifiable rewards; ppo: against the RM
-    rewards: dict[str, float] = {}             # reward parts -> weights: verifier, format, rm, module:function; {} = {verifier: 1} (grpo) / {rm: 1} (ppo)
-    families: list[str] = []                   # built-in task families to train on; [] = all
+    rewards: Annotated[dict[str, float], AfterValidator(check_reward_parts)] = {}  # reward parts -> weights: verifier, format, rm, module:function; {} = {verifier: 1} (grpo) / {rm: 1} (ppo)
+    families: Families = []                    # built-in task families to train on; [] = all
     max_steps: int = Field(100, ge=1)          # RL steps: one rollout batch each, then ppo_epochs optimizer steps
     prompts_per_step: int = Field(8, ge=1)     # prompts per step, per process (N processes sample N x this)
     micro_batch_size: int = Field(64, ge=1)    # completions per forward/backward (the step's loss spans them all)
@@ -199,9 +240,9 @@ class RLStage(Section):
 class EvalSection(Section):
     max_prompts_per_family: int = Field(50, ge=1)  # held-out prompts per built-in family
     max_new_tokens: int = Field(128, ge=1)          # generation budget
-    benchmarks: list[str] = []                      # gsm8k, arc_easy, arc_challenge, hellaswag, mmlu
+    benchmarks: Benchmarks = []                     # gsm8k, arc_easy, arc_challenge, hellaswag, mmlu
     benchmark_limit: int = Field(200, ge=1)         # questions per benchmark
-    benchmark_files: dict[str, str] = {}            # benchmark -> local jsonl/parquet (offline)
+    benchmark_files: BenchmarkFiles = {}            # benchmark -> local jsonl/parquet (offline)
     benchmark_max_new_tokens: int = Field(256, ge=1)  # GSM8K generation budget (working + answer)
     samples: int = Field(3, ge=0)                   # base-model samples logged per eval
 

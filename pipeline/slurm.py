@@ -119,9 +119,3 @@ def write_scripts(recipe_path: Path, user_overrides: list[str], nodes: int, gpus
     print(f"wrote {len(jobs)} job(s) to {out_dir}" + (f" (up to date, no job: {', '.join(skipped)})" if skipped else ""))
     print(f"submit: bash {submit}")
     return out_dir
-
-
-def slurm_cli(args) -> int:
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-    write_scripts(args.recipe, args.overrides, args.nodes, args.gpus_per_node, args, stages)
-    return 0

@@ -14,6 +14,10 @@ import json
 import os
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+from accelerate import PartialState
+
 from pipeline.artifacts import write_json_atomic
 from pipeline.launch import call_stage
 from pipeline.recipe import load_recipe
@@ -28,8 +32,6 @@ def init_process_group() -> None:
     which must not be told cpu=True or it drops DeepSpeed) makes every stage's Accelerator join the
     real group. On GPUs accelerate's own choice (nccl) is kept.
     """
-    import torch
-    from accelerate import PartialState
     if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
@@ -49,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     inputs = json.loads((args.stage_dir / "inputs.json").read_text())
     init_process_group()
     try:
-        result = call_stage(recipe, args.entry, args.stage, inputs, args.stage_dir, args.run_dir)
+        reads = json.loads((args.stage_dir / "reads.json").read_text()) if (args.stage_dir / "reads.json").is_file() \
+            else None
+        result = call_stage(recipe, args.entry, args.stage, inputs, args.stage_dir, args.run_dir, reads)
         if int(os.environ.get("RANK", "0")) == 0:
             write_json_atomic(args.stage_dir / "result.json", result)
     finally:
@@ -59,7 +63,6 @@ def main(argv: list[str] | None = None) -> None:
 def shutdown_process_group() -> None:
     """Leave the group explicitly: a gloo group torn down at interpreter exit can abort a rank
     ("terminate called without an active exception") after the work is done."""
-    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -20,6 +20,7 @@ import math
 from typing import Callable, Optional
 
 from pipeline.errors import UserError
+from reward.model_scorer import load_reward_fn
 
 RewardFn = Callable[..., list[float]]
 BUILTIN = {"verifier": "reward.verifiers:verifier_reward", "format": "reward.verifiers:format_reward"}
@@ -53,7 +54,6 @@ class RewardMix:
             if name == "rm":
                 if reward_model is None:
                     raise UserError(f"{key}: 'rm' needs a trained reward model (the rm stage, or rl.algorithm: ppo)")
-                from reward.model_scorer import load_reward_fn
                 self.parts[name] = load_reward_fn(reward_model, device=device, batch_size=rm_batch_size)
             else:
                 self.parts[name] = import_reward(BUILTIN.get(name, name), key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.errors import UserError
 
@@ -48,7 +49,6 @@ class RewardModelScorer:
     """Callable reward part: fn(prompts, completions, **fields) -> list[float]."""
 
     def __init__(self, rm_dir: str | Path, device: str | None = None, batch_size: int = 32, max_length: int = 1024):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
         rm_dir = str(rm_dir)
         if not (Path(rm_dir) / "config.json").is_file() and Path(rm_dir).exists():
             raise UserError(f"{rm_dir}: not a reward-model dir (no config.json); run the rm stage first")

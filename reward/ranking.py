@@ -24,8 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.errors import UserError
+from reward.ranking_page import read_rankings
+from stages.data.special_tokens import END
+from stages.data.tasks import Task, is_well_formed, score
 
 JUDGE_QUESTION = ("Here is a question and a response.\n\nQuestion:\n{prompt}\n\nResponse:\n{response}\n\n"
                   "Is the response correct and well formatted? Answer Yes or No.")
@@ -64,7 +69,6 @@ def ranks_from_scores(scores: list) -> list[int]:
 
 
 def _task(record: dict):
-    from stages.data.tasks import Task
     messages = list(record["prompt_messages"]) + [{"role": "assistant", "content": record.get("reference", "")}]
     return Task(record["family"], messages, record["answer"], dict(record.get("meta") or {}))
 
@@ -74,7 +78,6 @@ TOP_TIER = 3  # verifier_tier of an answer that is correct and well formed
 
 def verifier_tier(task, text: str) -> int:
     """3 correct and well formed (TOP_TIER), 2 correct, 1 wrong but well formed, 0 malformed and wrong."""
-    from stages.data.tasks import is_well_formed, score
     return 2 * int(score(task, text) > 0) + int(is_well_formed(text))
 
 
@@ -118,7 +121,6 @@ def gold_tiers(record: dict) -> list[int] | None:
 def judge_scores(judge_dir: str, prompts: list[list[dict]], responses: list[str], device: str = "cpu",
                  batch_size: int = 16) -> list[float]:
     """logit("Yes") - logit("No") of a chat model asked whether each response is correct and well formatted."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(judge_dir)
         model = AutoModelForCausalLM.from_pretrained(judge_dir).to(device).eval()
@@ -160,7 +162,6 @@ def judge_ranker(rollouts: list[dict], judge_dir: str, device: str = "cpu") -> l
 
 def human_ranker(rankings_file: str | Path, rollouts: list[dict]) -> list[Ranked]:
     """Rankings from the ranking page's log (self-contained: each record carries its texts)."""
-    from reward.ranking_page import read_rankings
     if not Path(rankings_file).is_file():
         raise UserError(f"rm.rankings_file: '{rankings_file}' does not exist (write it with `lifecycle rank`)")
     by_id = {r["id"]: r for r in rollouts}
@@ -200,8 +201,6 @@ def load_pairs(spec: str, limit: int) -> list[Ranked]:
 
     Rows: {"chosen": [messages], "rejected": [messages]} (UltraFeedback-binarized style: the last turn is
     the answer), {"prompt", "chosen", "rejected"} strings, or {"chosen", "rejected"} whole texts (HH-RLHF)."""
-    from datasets import load_dataset
-    from stages.tokenizer import END
     path = Path(spec)
     kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
     if path.exists() and kind is None:

@@ -240,14 +240,3 @@ def serve(rollouts: str | Path, out: str | Path, host: str = "127.0.0.1", port: 
     finally:
         server.server_close()
         log.close()
-
-
-def rank_cli(args) -> int:
-    from pipeline.recipe import load_recipe
-    recipe = load_recipe(args.recipe, args.overrides)
-    run_dir = Path(recipe.output_dir) / recipe.name
-    rollouts = args.rollouts or run_dir / "rollouts.jsonl"
-    out = args.out or recipe.rm.rankings_file or run_dir / "rankings.jsonl"
-    serve(rollouts, out, host=args.host, port=args.port)
-    return 0
-

@@ -11,10 +11,10 @@ shares (reward/combine.py): fn(prompts, completions, **fields) -> list[float].
 from __future__ import annotations
 
 from pipeline.errors import UserError
+from stages.data import tasks
 
 
 def _tasks_module():
-    from stages.data import tasks
     return tasks
 
 

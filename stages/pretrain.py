@@ -23,36 +23,27 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from transformers import AutoTokenizer
 
+from pipeline.distributed import configure_engine, holds_shards
 from pipeline.errors import UserError
-from stages.data.shards import ShardSet, TrainWindows, build_shards, token_byte_lengths
+from stages.data.shards import ShardSet, TrainWindows, build_shards, byte_pair_counts, token_byte_lengths
+from stages.eval.bpb import nll_sums
+from stages.lm.bpe import ensure_chat_tokens
+from stages.lm.flops import flops_per_token, peak_flops
 from stages.lm.losses import bigram_bits_per_byte, bits_per_byte
-
-# Dense bf16 peak FLOP/s by GPU name (fp32/tf32 runs use half). CPU: a stated nominal, not a measured peak:
-# per core 2 FMA units x fp32 lanes (16 with AVX-512, else 8) x 2 flops x 3 GHz.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L4": 121e12,
-              "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
-
-
-def cpu_flops_per_core() -> float:
-    try:
-        avx512 = "avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        avx512 = False
-    return 2 * (16 if avx512 else 8) * 2 * 3e9
+from stages.lm.model import build_model, count_parameters, load_causal_lm, save_model
+from stages.lm.optim import make_optimizer, make_scheduler
 
 
 # ---------------------------------------------------------------- setup
 def _accelerator(cfg):
-    from accelerate import Accelerator
     bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and torch.cuda.is_available())
     return Accelerator(mixed_precision="bf16" if bf16 else "no")
 
 
 def _model_and_tokenizer(recipe, inputs):
-    from transformers import AutoTokenizer
-    from stages.lm.model import build_model, load_causal_lm
-    from stages.tokenizer import ensure_chat_tokens
     if recipe.pretrain.from_:
         model, tokenizer = load_causal_lm(inputs["model"])
         ensure_chat_tokens(tokenizer)
@@ -77,77 +68,7 @@ def accum_steps(cfg, seq_len: int, world: int) -> int:
     return cfg.total_batch_tokens // per_micro
 
 
-def flops_per_token(model, seq_len: int) -> float:
-    """Training FLOPs per token: 6N (forward + backward matmuls) + 12*L*d*T (attention scores)."""
-    cfg = model.config
-    n = sum(p.numel() for p in model.parameters())
-    if not getattr(cfg, "tie_word_embeddings", False):
-        n -= model.get_input_embeddings().weight.numel()  # a lookup, not a matmul
-    layers = getattr(cfg, "num_hidden_layers", None) or cfg.n_layer
-    width = getattr(cfg, "hidden_size", None) or cfg.n_embd
-    return 6 * n + 12 * layers * width * seq_len
-
-
-def peak_flops(device: str, bf16: bool) -> tuple[float, str]:
-    """Peak FLOP/s of this process's device, and what it is (MFU's denominator)."""
-    if device == "cuda":
-        name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-        if peak is not None:
-            return (peak if bf16 else peak / 2), name
-        return float("nan"), name
-    cores, per_core = torch.get_num_threads(), cpu_flops_per_core()
-    return cores * per_core, f"CPU nominal {cores} thread(s) x {per_core / 1e9:.0f} GFLOP/s"
-
-
 # ---------------------------------------------------------------- evaluation
-@torch.no_grad()
-def nll_sums(model, tokens: np.ndarray, seq_len: int, batch_size: int, byte_lengths: torch.Tensor,
-             rank: int = 0, world: int = 1) -> torch.Tensor:
-    """[nats over all targets, targets, nats over byte-carrying targets, their bytes] for this rank's
-    share of the seq_len windows of `tokens` (float64, to be summed over ranks)."""
-    device = next(model.parameters()).device
-    sums = torch.zeros(4, dtype=torch.float64, device=device)
-    n_windows = math.ceil((len(tokens) - 1) / seq_len)
-    mine = list(range(rank, n_windows, world))
-    for i in range(0, len(mine), batch_size):
-        rows = [tokens[w * seq_len: w * seq_len + seq_len + 1] for w in mine[i:i + batch_size]]
-        groups: dict[int, list] = {}
-        for row in rows:  # only the very last window can be shorter
-
-            groups.setdefault(len(row), []).append(row)
-        for rows_of_len in groups.values():
-            win = torch.as_tensor(np.stack(rows_of_len), device=device)  # (B, t+1)
-            logits = model(input_ids=win[:, :-1]).logits.float()         # (B, t, V)
-            nll = F.cross_entropy(logits.flatten(0, 1), win[:, 1:].flatten(), reduction="none")  # (B*t,)
-            nbytes = byte_lengths.to(device)[win[:, 1:].flatten()]
-            sums += torch.stack([nll.sum().double(), torch.tensor(nll.numel(), device=device, dtype=torch.float64),
-                                 (nll * (nbytes > 0)).sum().double(), nbytes.sum().double()])
-    return sums
-
-
-def val_bits_per_byte(model, tokenizer, texts: list[str] | None = None, tokens: np.ndarray | None = None,
-                      seq_len: int | None = None, batch_size: int = 8, max_tokens: int = 65_536) -> dict[str, float]:
-    """Validation loss (nats/token) and bits per UTF-8 byte of a causal LM on `texts` (each prefixed with
-    BOS, special-token strings read as text) or on a token array. Special-token targets carry no bytes:
-    they count in the loss but not in bits-per-byte."""
-    if tokens is None:
-        from stages.tokenizer import encode_plain
-        texts, ids = list(texts or []), []
-        for i in range(0, len(texts), 64):  # tokenize only as much text as max_tokens needs
-            ids += [t for row in encode_plain(tokenizer, texts[i:i + 64]) for t in [tokenizer.bos_token_id] + row]
-            if len(ids) > max_tokens:
-                break
-        tokens = np.array(ids, dtype=np.int64)
-    tokens = np.asarray(tokens[:max_tokens + 1], dtype=np.int64)
-    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 1024)
-    was_training = model.training
-    model.eval()
-    sums = nll_sums(model, tokens, seq_len or limit, batch_size, torch.as_tensor(token_byte_lengths(tokenizer)))
-    model.train(was_training)
-    return {"val_loss": float(sums[0] / sums[1]), "val_bpb": bits_per_byte(float(sums[2]), int(sums[3]))}
-
-
 def _evaluate(model, accelerator, val_tokens, seq_len, batch_size, byte_lengths) -> dict[str, float]:
     model.eval()
     sums = nll_sums(model, val_tokens, seq_len, batch_size, byte_lengths,
@@ -251,9 +172,6 @@ def _lr_used(scheduler) -> float:
 
 
 def run(recipe, inputs, ctx) -> dict[str, float]:
-    from pipeline.distributed import configure_engine
-    from stages.lm.model import count_parameters, save_model
-    from stages.lm.optim import make_optimizer, make_scheduler
     cfg, seq_len = recipe.pretrain, recipe.model.seq_len
     accelerator = _accelerator(cfg)
     model, tokenizer = _model_and_tokenizer(recipe, inputs)
@@ -323,7 +241,6 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
 
 def _final_metrics(final: dict, shards: ShardSet, val_tokens: np.ndarray, tokenizer) -> dict[str, float]:
     """Add the byte bigram, fit on the training text and scored on exactly the val text the model was scored on."""
-    from stages.data.shards import byte_pair_counts
     segments = np.split(val_tokens, np.flatnonzero(val_tokens == tokenizer.bos_token_id))
     val_docs = [tokenizer.decode(seg, skip_special_tokens=True) for seg in segments if len(seg) > 1]
     bigram = bigram_bits_per_byte(torch.from_numpy(shards.byte_pairs("train")),
@@ -333,7 +250,6 @@ def _final_metrics(final: dict, shards: ShardSet, val_tokens: np.ndarray, tokeni
 
 def _save_final(accelerator, model, tokenizer, out_dir: Path, save_model) -> None:
     """save_pretrained + tokenizer on rank 0; sharded engines (FSDP, ZeRO-3) gather the weights first."""
-    from pipeline.distributed import holds_shards
     accelerator.wait_for_everyone()
     sharded = holds_shards(accelerator)  # [scale-out] FSDP, ZeRO-3 (ZeRO-2's gathered dict would untie embeddings)
     state = accelerator.get_state_dict(model) if sharded else None

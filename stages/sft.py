@@ -23,192 +23,20 @@ N processes x micro-batch b compute the same update as 1 process x N*b (TRL norm
 """
 from __future__ import annotations
 
-import random
 import time
 
 import torch
-import torch.nn.functional as F
+from accelerate import Accelerator
 
+from pipeline.distributed import configure_engine, partitions_at_load, save_model_gathered, whole_model_loading
 from pipeline.errors import UserError
-from stages.data.chat import IGNORE, render_training
-from stages.data.conversations import SkipReport, load_conversations
-from stages.data.tasks import DEFAULT_SYSTEM, FAMILIES, make_tasks
+from stages.data.conversations import SkipReport
+from stages.data.sft_examples import build_examples, pack, train_families
+from stages.data.tasks import DEFAULT_SYSTEM
 from stages.eval.families import evaluate_families
-
-
-# ---------------------------------------------------------------- data
-def check_families(cfg) -> list[str]:
-    for key, names in (("families", cfg.families), ("family_weights", list(cfg.family_weights))):
-        bad = [f for f in names if f not in FAMILIES]
-        if bad:
-            raise UserError(f"sft.{key}: unknown {', '.join(bad)}; expected some of {', '.join(FAMILIES)}")
-    if any(w < 0 for w in cfg.family_weights.values()):
-        raise UserError("sft.family_weights: weights must be >= 0")
-    return list(cfg.families) or list(FAMILIES)
-
-
-def builtin_conversations(cfg, seed: int, families: list[str]) -> list[tuple[str, list[dict]]]:
-    """The built-in tasks, shuffled; a multi_turn_share of them continue with the next task as a second
-    user turn (when that one has no system prompt of its own), so the model also sees multi-turn chats."""
-    items = []
-    for family in families:
-        n = round(cfg.builtin_train_per_family * cfg.family_weights.get(family, 1.0))
-        tasks = make_tasks(family, n, seed, "train") if n > 0 else []
-        items += [(f"builtin:{family}:{i}", t.messages) for i, t in enumerate(tasks)]
-    rng = random.Random(f"{seed}:sft:builtin")
-    rng.shuffle(items)
-    out, i = [], 0
-    while i < len(items):
-        where, messages = items[i]
-        i += 1
-        if i < len(items) and items[i][1][0]["role"] != "system" and rng.random() < cfg.multi_turn_share:
-            where, messages = f"{where}+{items[i][0]}", messages + items[i][1]
-            i += 1
-        out.append((where, messages))
-    return out
-
-
-def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipReport) -> list[tuple[list, list]]:
-    """(input_ids, labels) for every usable conversation of every dataset, in dataset order."""
-    conversations: list[tuple[str, list[dict]]] = []
-    for spec in cfg.datasets:
-        if spec == "builtin":
-            builtin = builtin_conversations(cfg, seed, families)
-            conversations += builtin
-            report.kept += len(builtin)
-        else:
-            conversations += load_conversations(spec, report, max_rows=cfg.dataset_max_rows)
-    examples = []
-    for where, messages in conversations:
-        encoded = render_training(tokenizer, messages, cfg.max_length)
-        if encoded is None:
-            report.skip(where, f"over-long: more than sft.max_length={cfg.max_length} tokens")
-            report.kept -= 1
-            continue
-        examples.append(encoded)
-    return examples
-
-
-def pack(examples: list[tuple[list, list]], max_length: int, pad_id: int) -> list[tuple[list, list, list]]:
-    """Best-fit packing into rows of exactly max_length: (input_ids, labels, position_ids).
-
-    Each conversation goes into the open row with the least room that still fits it (rows are found by
-    their free space, so this is O(n * max_length)); padding fills what is left."""
-    rows: list[list] = []                      # [ids, labels, positions]
-    by_room: dict[int, list[int]] = {}         # free tokens -> rows with exactly that much room
-    for ex_ids, ex_labels in examples:
-        need = len(ex_ids)
-        room = next((r for r in range(need, max_length + 1) if by_room.get(r)), None)
-        if room is None:
-            rows.append([[], [], []])
-            index, room = len(rows) - 1, max_length
-        else:
-            index = by_room[room].pop()
-        ids, labels, pos = rows[index]
-        ids += ex_ids
-        labels += ex_labels
-        pos += range(need)
-        by_room.setdefault(room - need, []).append(index)
-    out = []
-    for ids, labels, pos in rows:
-        fill = max_length - len(ids)
-        out.append((ids + [pad_id] * fill, labels + [IGNORE] * fill, pos + list(range(fill))))
-    return out
-
-
-class StepSchedule:
-    """Which rows form global step s: a fresh seeded shuffle every epoch, read in order."""
-
-    def __init__(self, n_rows: int, per_step: int, seed: int):
-        self.n, self.per_step, self.seed, self._orders = n_rows, per_step, seed, {}
-
-    def _order(self, epoch: int) -> list[int]:
-        if epoch not in self._orders:
-            order = list(range(self.n))
-            random.Random(f"{self.seed}:sft:{epoch}").shuffle(order)
-            self._orders = {epoch: order}
-        return self._orders[epoch]
-
-    def rows(self, step: int) -> list[int]:
-        start = step * self.per_step
-        return [self._order(i // self.n)[i % self.n] for i in range(start, start + self.per_step)]
-
-
-def collate(rows: list[tuple], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Right-padded tensors; packed rows carry position_ids and no attention mask."""
-    width = max(len(r[0]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)      # (B, T)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)   # (B, T)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row[0])], labels[i, :len(row[1])], attn[i, :len(row[0])] = (
-            torch.tensor(row[0]), torch.tensor(row[1]), 1)
-    batch = {"input_ids": ids.to(device), "labels": labels.to(device)}
-    if rows[0][2] is not None:
-        batch["position_ids"] = torch.tensor([r[2] for r in rows], dtype=torch.long, device=device)
-    else:
-        batch["attention_mask"] = attn.to(device)
-    return batch
-
-
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over trained tokens. logits (B, T, V), labels (B, T)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                           ignore_index=IGNORE, reduction="sum")
-
-
-# ---------------------------------------------------------------- model
-def add_lora(model, cfg):
-    from peft import LoraConfig, get_peft_model
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                        task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
-
-
-def merge_lora(model):
-    """A peft model -> the plain transformers model with the adapters folded into its weights."""
-    return model.merge_and_unload()
-
-
-def load_start_model(path: str):
-    from stages.lm.model import load_causal_lm
-    from stages.tokenizer import ensure_chat_tokens
-    try:
-        model, tokenizer = load_causal_lm(path)
-    except OSError as exc:
-        raise UserError(f"sft.from / inputs.model: cannot load '{path}' as an HF causal LM ({exc})") from None
-    ensure_chat_tokens(tokenizer)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # (ZeRO-3 loads weights partitioned)
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.eos_token_id, model.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    return model, tokenizer
-
-
-# ---------------------------------------------------------------- loop
-def train_step(model, optimizer, scheduler, accelerator, rows: list[tuple], cfg, pad_id: int) -> tuple[float, int]:
-    """One optimizer step over the global batch `rows`; returns (mean loss per trained token, tokens)."""
-    world, rank, b = accelerator.num_processes, accelerator.process_index, cfg.micro_batch_size
-    n_trained = sum(sum(1 for label in r[1][1:] if label != IGNORE) for r in rows)  # global, same on all ranks
-    local = torch.zeros((), device=accelerator.device)
-    accelerator.gradient_accumulation_steps = cfg.grad_accum  # [scale-out] backward divides by it (set early in run too)
-    for micro in range(cfg.grad_accum):
-        chunk = rows[micro * b * world:(micro + 1) * b * world][rank * b:(rank + 1) * b]
-        batch = collate(chunk, pad_id, accelerator.device)
-        labels = batch.pop("labels")
-        # accumulate(): sync on the last micro-step only (DDP all-reduce / DeepSpeed step boundary) [scale-out]
-        with accelerator.accumulate(model):
-            loss_sum = token_loss_sum(model(**batch, use_cache=False).logits, labels)
-            # DDP/FSDP/ZeRO average gradients over ranks: x world turns that into the global token mean;
-            # x grad_accum undoes the division by the accumulation steps in backward (or DeepSpeed's)
-            accelerator.backward(loss_sum * world * cfg.grad_accum / max(n_trained, 1))
-        local += loss_sum.detach()
-    if cfg.optim.grad_clip > 0:
-        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    total = accelerator.reduce(local, "sum")
-    return float(total) / max(n_trained, 1), sum(len(r[0]) for r in rows)
+from stages.lm.finetune import StepSchedule, add_lora, load_start_model, merge_lora, train_step
+from stages.lm.model import load_causal_lm, save_model
+from stages.lm.optim import make_optimizer, make_scheduler
 
 
 def evaluate(model, tokenizer, cfg, families: list[str], seed: int, prefix: str, no_tool: bool):
@@ -223,14 +51,11 @@ def evaluate(model, tokenizer, cfg, families: list[str], seed: int, prefix: str,
 
 
 def run(recipe, inputs, ctx) -> dict[str, float]:
-    from accelerate import Accelerator
-    from pipeline.distributed import configure_engine, partitions_at_load, save_model_gathered, whole_model_loading
-    from stages.lm.optim import make_optimizer, make_scheduler
     cfg = recipe.sft
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     world, main = accelerator.num_processes, accelerator.is_main_process
     model, tokenizer = load_start_model(inputs["model"])
-    families = check_families(cfg)
+    families = train_families(cfg)
     report = SkipReport()
     examples = build_examples(cfg, tokenizer, recipe.seed, families, report)
     if main:
@@ -281,7 +106,6 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     if cfg.lora:
         merged = merge_lora(accelerator.unwrap_model(model))
         if main:
-            from stages.lm.model import save_model
             save_model(merged, tokenizer, ctx.out_dir)
         accelerator.wait_for_everyone()
     else:
@@ -290,7 +114,6 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     if main:
         (ctx.out_dir / "system_prompt.txt").write_text(cfg.system_prompt or DEFAULT_SYSTEM)
         # evaluate what was saved: the artifact the next stage gets, whole under any engine
-        from stages.lm.model import load_causal_lm
         with whole_model_loading(accelerator):
             model, _ = load_causal_lm(ctx.out_dir, device=str(accelerator.device))
         final, table = evaluate(model, tokenizer, cfg, families, recipe.seed, "eval", no_tool=True)

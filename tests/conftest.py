@@ -22,7 +22,7 @@ TRAIN_TEXT = [
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from stages.tokenizer import train_bpe
+    from stages.lm.bpe import train_bpe
     return train_bpe(TRAIN_TEXT, vocab_size=400)
 
 
@@ -35,6 +35,7 @@ def tiny_model_cfg():
 @pytest.fixture()
 def tiny_model(tiny_model_cfg, tiny_tokenizer):
     import torch
+
     from stages.lm.model import build_model
     torch.manual_seed(0)
     return build_model(tiny_model_cfg, tiny_tokenizer)

@@ -1,4 +1,4 @@
-"""A GRPO update stage for the scale-out tests: the real stages.rl.grpo.grpo_update on a fixed rollout.
+"""A GRPO update stage for the scale-out tests: the real stages.policy_gradient.grpo.grpo_update on a fixed rollout.
 
 The global rollout is 4 prompts x G=2 completions of different lengths (seeded, so every process count
 builds the same one); each rank takes whole prompt groups (pipeline.distributed.rank_slice), as the RL
@@ -15,8 +15,8 @@ PROMPTS, G, VOCAB = 4, 2, 97
 
 def _rollout(seed: int):
     import torch
+
     from stages.lm.generation import Completion
-    from stages.rl.grpo import collate
     from stages.lm.losses import group_advantages
     gen = torch.Generator().manual_seed(seed)
     comps = []
@@ -32,8 +32,10 @@ def _rollout(seed: int):
 def train(recipe, inputs, ctx):
     import torch
     from accelerate import Accelerator
+
     from pipeline.distributed import configure_engine, rank_slice, save_model_gathered
-    from stages.rl.grpo import collate, grpo_update
+    from stages.policy_gradient.grpo import grpo_update
+    from stages.policy_gradient.rollout import collate
     from tests.dist_stage import _model
 
     accelerator = Accelerator()

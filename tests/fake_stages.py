@@ -43,3 +43,8 @@ def allreduce(recipe, inputs, ctx):
         dist.all_reduce(value)
     ctx.log(f"rank {acc.process_index} of {acc.num_processes}")
     return {"world_size": float(acc.num_processes), "sum": float(value.item())}
+
+
+def peeks_at_rl(recipe, inputs, ctx):
+    """Reads a section its spec does not list: the runner must refuse, so fingerprints cover all reads."""
+    return {"eval/value": float(recipe.rl.max_steps)}

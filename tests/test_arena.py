@@ -7,6 +7,7 @@ from argparse import Namespace
 import numpy as np
 import pytest
 
+from pipeline.commands import arena as arena_cmd
 from pipeline.errors import UserError
 from stages.eval import arena as A
 
@@ -91,6 +92,7 @@ def test_held_out_tasks_round_robin():
 @pytest.fixture()
 def two_checkpoints(tmp_path, tiny_model_cfg, tiny_tokenizer):
     import torch
+
     from stages.lm.model import build_model, save_model
     dirs = []
     for seed in (0, 1):
@@ -112,13 +114,13 @@ def _args(dirs, recipe, judge):
 def test_arena_cli_with_verifier_and_human_judges(two_checkpoints, capsys):
     from reward.ranking_page import RankingLog, load_prompts
     dirs, recipe = two_checkpoints
-    assert A.arena_cli(_args(dirs, recipe, "format")) == 0
+    assert arena_cmd.main(_args(dirs, recipe, "format")) == 0
     out = capsys.readouterr().out
     assert "4 games judged by format on 4 held-out prompts" in out and "elo" in out  # 1 pair x 4 prompts
-    assert A.arena_cli(_args(dirs, recipe, "verifier")) == 0  # answers come from the arena dir's cache
+    assert arena_cmd.main(_args(dirs, recipe, "verifier")) == 0  # answers come from the arena dir's cache
     assert "4 games judged by verifier" in capsys.readouterr().out
     # human: the first call writes pairs, the second (after people ranked) scores them from cached answers
-    assert A.arena_cli(_args(dirs, recipe, "human")) == 0
+    assert arena_cmd.main(_args(dirs, recipe, "human")) == 0
     out = capsys.readouterr().out
     pairs = next((recipe.parent / "runs" / "ar" / "arena").glob("*/pairs.jsonl"))
     assert "4 pairs for people to judge" in out and "lifecycle rank" in out
@@ -127,7 +129,7 @@ def test_arena_cli_with_verifier_and_human_judges(two_checkpoints, capsys):
     for i, p in enumerate(prompts):
         log.act("rank", {"submission": f"s{i}", "prompt_id": p["id"], "order": [0, 1]})  # ckpt0 always wins
     log.close()
-    assert A.arena_cli(_args(dirs, recipe, "human")) == 0
+    assert arena_cmd.main(_args(dirs, recipe, "human")) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "4 games judged by human" in lines[0]
     assert lines[2].startswith(dirs[0]) and lines[2].split()[-3:] == ["4", "0", "0"]
@@ -136,8 +138,8 @@ def test_arena_cli_with_verifier_and_human_judges(two_checkpoints, capsys):
 def test_arena_cli_rejects_bad_input(two_checkpoints):
     dirs, recipe = two_checkpoints
     with pytest.raises(UserError, match="two different"):
-        A.arena_cli(_args([dirs[0], dirs[0]], recipe, "verifier"))
+        arena_cmd.main(_args([dirs[0], dirs[0]], recipe, "verifier"))
     with pytest.raises(UserError, match="not a model dir"):
-        A.arena_cli(_args([dirs[0], str(recipe.parent / "nope")], recipe, "verifier"))
+        arena_cmd.main(_args([dirs[0], str(recipe.parent / "nope")], recipe, "verifier"))
     with pytest.raises(UserError, match="unknown reward"):
-        A.arena_cli(_args(dirs, recipe, "bogus"))
+        arena_cmd.main(_args(dirs, recipe, "bogus"))

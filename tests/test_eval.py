@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UserError
 from pipeline.commands import eval as E
+from pipeline.errors import UserError
 
 DATA = Path(__file__).parent / "data"
 
@@ -58,7 +58,7 @@ def test_detect_suite_from_manifest_or_architecture(tmp_path, ckpt):
 
 def test_base_suite_bits_per_byte_and_samples(ckpt, recipe_path, tmp_path):
     out = tmp_path / "m.json"
-    assert E.eval_cli(_args(ckpt, recipe_path, out=str(out))) == 0
+    assert E.main(_args(ckpt, recipe_path, out=str(out))) == 0
     metrics = json.loads(out.read_text())["metrics"]
     assert set(metrics) == {"eval/val_loss", "eval/val_bpb"}
     # an untrained model is near uniform over the vocab: loss ~ ln(vocab), and bpb is positive and finite
@@ -72,7 +72,7 @@ def test_base_suite_bits_per_byte_and_samples(ckpt, recipe_path, tmp_path):
 
 
 def test_chat_suite_per_family_metrics_and_table(ckpt, recipe_path, tmp_path, capsys):
-    assert E.eval_cli(_args(ckpt, recipe_path, suite="chat", limit=2)) == 0
+    assert E.main(_args(ckpt, recipe_path, suite="chat", limit=2)) == 0
     printed = capsys.readouterr().out
     for fam in ("arithmetic", "decimal_compare"):
         assert f"eval/acc/{fam}" in printed and f"eval/format/{fam}" in printed
@@ -83,7 +83,7 @@ def test_chat_suite_per_family_metrics_and_table(ckpt, recipe_path, tmp_path, ca
 def test_benchmark_suite_from_a_local_file(ckpt, recipe_path, tmp_path):
     out = tmp_path / "b.json"
     args = _args(ckpt, recipe_path, suite="arc_easy", data_file=str(DATA / "arc.jsonl"), out=str(out))
-    assert E.eval_cli(args) == 0
+    assert E.main(args) == 0
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["eval/arc_easy/n"] == 3 and 0 <= metrics["eval/arc_easy/acc"] <= 1
 
@@ -91,7 +91,7 @@ def test_benchmark_suite_from_a_local_file(ckpt, recipe_path, tmp_path):
 def test_gsm8k_generation_path(ckpt, recipe_path, tmp_path):
     out = tmp_path / "g.json"
     args = _args(ckpt, recipe_path, suite="gsm8k", data_file=str(DATA / "gsm8k.jsonl"), limit=2, out=str(out))
-    assert E.eval_cli(args) == 0
+    assert E.main(args) == 0
     assert json.loads(out.read_text())["metrics"]["eval/gsm8k/n"] == 2
     rows = (tmp_path / "runs" / "ev" / "eval" / "ckpt-gsm8k" / "samples_gsm8k.jsonl").read_text().splitlines()
     assert [json.loads(r)["answer"] for r in rows] == ["1234", "7"]
@@ -99,13 +99,13 @@ def test_gsm8k_generation_path(ckpt, recipe_path, tmp_path):
 
 def test_bad_input(ckpt, recipe_path, tmp_path):
     with pytest.raises(UserError, match="unknown"):
-        E.eval_cli(_args(ckpt, recipe_path, suite="nope"))
+        E.main(_args(ckpt, recipe_path, suite="nope"))
     with pytest.raises(UserError, match="no checkpoint"):
-        E.eval_cli(_args(tmp_path / "a" / "b" / "c", recipe_path))
+        E.main(_args(tmp_path / "a" / "b" / "c", recipe_path))
     with pytest.raises(UserError, match="reference policy"):
-        E.eval_cli(_args(ckpt, recipe_path, suite="rl"))
+        E.main(_args(ckpt, recipe_path, suite="rl"))
     with pytest.raises(UserError, match="--limit"):
-        E.eval_cli(_args(ckpt, recipe_path, limit=0))
+        E.main(_args(ckpt, recipe_path, limit=0))
 
 
 def test_stage_entry_through_call_stage(ckpt, recipe_path, tmp_path):
@@ -122,17 +122,17 @@ def test_rl_suite_against_itself_has_zero_kl(ckpt, recipe_path, tmp_path):
     from stages.data.tasks import FAMILIES
     out = tmp_path / "rl.json"
     args = _args(ckpt, recipe_path, suite="rl", reference=str(ckpt), out=str(out))
-    assert E.eval_cli(args) == 0
+    assert E.main(args) == 0
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["eval/kl"] == pytest.approx(0.0, abs=1e-5)  # the policy is its own reference
     assert {f"eval/acc/{f}" for f in FAMILIES} <= set(metrics) and metrics["eval/length"] > 0
 
 
 def test_rm_suite_on_held_out_ranked_rollouts(tmp_path, recipe_path, tiny_model, tiny_tokenizer):
+    from stages.data.special_tokens import END
     from stages.data.tasks import make_tasks
     from stages.lm.model import save_model
-    from stages.reward_model import is_test, load_reward_model
-    from stages.tokenizer import END
+    from stages.rm.data import is_test, load_reward_model
     lm_dir, rm_dir = tmp_path / "lm", tmp_path / "rm"
     save_model(tiny_model, tiny_tokenizer, lm_dir)
     rm, tok = load_reward_model(str(lm_dir), "cpu")
@@ -148,7 +148,7 @@ def test_rm_suite_on_held_out_ranked_rollouts(tmp_path, recipe_path, tiny_model,
                         "completions": [{"text": t} for t in texts]})
     (run_dir / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "rm.json"
-    assert E.eval_cli(_args(rm_dir, recipe_path, out=str(out))) == 0  # suite detected from the architecture
+    assert E.main(_args(rm_dir, recipe_path, out=str(out))) == 0  # suite detected from the architecture
     metrics = json.loads(out.read_text())["metrics"]
     n_test = sum(is_test(json.dumps(r["prompt_messages"], sort_keys=True), 0.2) for r in records)  # split by prompt text
     assert metrics["eval/n_prompts"] == n_test and metrics["eval/n_pairs"] == 3 * n_test
@@ -161,9 +161,9 @@ def test_benchmarks_suite_runs_the_recipes_list(ckpt, recipe_path, tmp_path):
         "eval: {", f'eval: {{benchmarks: [mmlu, hellaswag], benchmark_files: {{mmlu: "{DATA / "mmlu.parquet"}", '
                    f'hellaswag: "{DATA / "hellaswag.jsonl"}"}}, ')
     recipe_path.write_text(overrides)
-    assert E.eval_cli(_args(ckpt, recipe_path, suite="benchmarks", out=str(out))) == 0
+    assert E.main(_args(ckpt, recipe_path, suite="benchmarks", out=str(out))) == 0
     metrics = json.loads(out.read_text())["metrics"]
     assert metrics["eval/mmlu/n"] == 3 and metrics["eval/hellaswag/n"] == 2 and "eval/hellaswag/acc_norm" in metrics
     recipe_path.write_text(recipe_path.read_text().replace("[mmlu, hellaswag]", "[mmlu, squad]"))
     with pytest.raises(UserError, match="unknown benchmark 'squad'"):
-        E.eval_cli(_args(ckpt, recipe_path, suite="benchmarks"))
+        E.main(_args(ckpt, recipe_path, suite="benchmarks"))

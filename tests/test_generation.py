@@ -139,6 +139,7 @@ def test_stream_matches_generate_and_chat_loop_shows_tool_calls(tiny_tokenizer):
 def test_padded_embedding_rows_are_never_sampled(tiny_model_cfg, tiny_tokenizer):
     """model.vocab_size pads the embedding (nanoGPT's 50,304); the sampler only draws real token ids."""
     import pytest
+
     from pipeline.errors import UserError
     from stages.lm.model import build_model
     vocab = len(tiny_tokenizer)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pipeline.schema import RLStage
-from stages.rl import grpo
 from stages.lm.generation import Completion, generate
 from stages.lm.losses import group_advantages
+from stages.policy_gradient import grpo
 
 
 class _Acc:  # the bits of accelerate.Accelerator the update uses, for a single CPU process
@@ -168,7 +168,7 @@ def test_readiness_stops_a_hopeless_policy(tiny_model, tiny_tokenizer, tmp_path)
 def test_equal_compute_control_trains_for_the_time_budget(tiny_model, tiny_tokenizer, tmp_path):
     from pipeline.schema import Recipe
     from stages.lm.model import save_model
-    from stages.rl.control import continue_sft, time_cosine
+    from stages.policy_gradient.control import continue_sft, time_cosine
     assert time_cosine(0, 10, 0.1) == pytest.approx(1.0) and time_cosine(10, 10, 0.1) == pytest.approx(0.1)
     save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
     recipe = Recipe(name="t", sft={"families": ["arithmetic"], "builtin_train_per_family": 8, "micro_batch_size": 2,
@@ -179,8 +179,8 @@ def test_equal_compute_control_trains_for_the_time_budget(tiny_model, tiny_token
 
 
 def test_reference_overflow_counts_answers_the_budget_cuts_off(tiny_tokenizer):
+    from stages.data.special_tokens import END
     from stages.data.tasks import make_tasks
-    from stages.tokenizer import END
     tasks = make_tasks("arithmetic", 40, 0, "train")
     lengths = [len(tiny_tokenizer(t.messages[-1]["content"] + END, add_special_tokens=False)["input_ids"])
                for t in tasks]
@@ -207,7 +207,7 @@ def test_zero_advantage_rows_are_skipped_without_changing_the_gradient(tiny_mode
         loss.backward()
         model = copy.deepcopy(tiny_model)
         seen = []
-        model.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["input_ids"].size(0)),
+        model.register_forward_hook(lambda m, args, kwargs, out, seen=seen: seen.append(kwargs["input_ids"].size(0)),
                                     with_kwargs=True)
         grpo.grpo_update(model, batch, adv, cfg, noop, _Acc(), micro=8)
         assert seen == [4]                       # only the rows with an advantage ran forward/backward

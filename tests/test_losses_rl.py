@@ -1,4 +1,4 @@
-"""RL losses in stages/losses.py against hand-computed values."""
+"""RL losses in stages/lm/losses.py against hand-computed values."""
 from __future__ import annotations
 
 import math

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.rl.monitor import HackingMonitor, pearson, trend
+from stages.policy_gradient.monitor import HackingMonitor, pearson, trend
 
 
 def _feed(monitor, proxy_means, gold_means, n=8, seed=0):

@@ -2,7 +2,6 @@
 and the rl stage with algorithm=ppo runs end to end with the monitor printing gold beside the RM."""
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 @pytest.fixture()
 def rm_dir(tiny_model_cfg, tiny_tokenizer, tmp_path):
     from transformers import AutoModelForSequenceClassification
+
     from stages.lm.model import build_config
     config = build_config(tiny_model_cfg, tiny_tokenizer)
     config.num_labels = 1
@@ -24,7 +24,8 @@ def rm_dir(tiny_model_cfg, tiny_tokenizer, tmp_path):
 
 def test_value_model_is_the_rm_at_every_prefix(rm_dir, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
-    from stages.rl.ppo import load_value_model
+
+    from stages.policy_gradient.ppo import load_value_model
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
     vm = load_value_model(str(rm_dir), tiny_tokenizer, "cpu").eval()
     ids = torch.tensor([[5, 17, 33, 40, 41, 60]])
@@ -36,8 +37,8 @@ def test_value_model_is_the_rm_at_every_prefix(rm_dir, tiny_tokenizer):
 
 def test_value_model_refuses_another_tokenizer(rm_dir):
     from pipeline.errors import UserError
-    from stages.rl.ppo import load_value_model
-    from stages.tokenizer import train_bpe
+    from stages.lm.bpe import train_bpe
+    from stages.policy_gradient.ppo import load_value_model
     other = train_bpe(["completely different text 123"] * 30, vocab_size=300)
     with pytest.raises(UserError, match="another tokenizer"):
         load_value_model(str(rm_dir), other, "cpu")

@@ -107,6 +107,7 @@ class _Batches:
 
 def test_loss_falls_when_overfitting_one_batch(tiny_model, tiny_tokenizer):
     from accelerate import Accelerator
+
     from pipeline.schema import PretrainStage
     from stages.lm.optim import make_optimizer, make_scheduler
     from stages.pretrain import _train_step
@@ -148,8 +149,8 @@ class _Uniform(torch.nn.Module):
 
 
 def test_val_bits_per_byte_on_a_uniform_model(tiny_tokenizer):
-    from stages.pretrain import val_bits_per_byte
-    from stages.tokenizer import encode_plain
+    from stages.eval.bpb import val_bits_per_byte
+    from stages.lm.bpe import encode_plain
     V = len(tiny_tokenizer)
     texts = ["ab", "héllo wörld, 12"]  # two documents: BOS before each
     n_targets = sum(len(ids) + 1 for ids in encode_plain(tiny_tokenizer, texts)) - 1  # all but the first BOS

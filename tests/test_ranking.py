@@ -6,8 +6,16 @@ import json
 import pytest
 
 from pipeline.errors import UserError
-from reward.ranking import (collect_rankings, human_ranker, judge_ranker, load_pairs, ranking_pairs,
-                            ranks_from_order, ranks_from_scores, verifier_ranker)
+from reward.ranking import (
+    collect_rankings,
+    human_ranker,
+    judge_ranker,
+    load_pairs,
+    ranking_pairs,
+    ranks_from_order,
+    ranks_from_scores,
+    verifier_ranker,
+)
 
 GOOD = "3 + 4 = 7.\nAnswer: 7<|end|>"           # correct, well formed
 CORRECT_RAMBLE = "Answer: 7\nand more<|end|>"   # correct answer, last line is not the answer: malformed

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.commands.report import main as report_cli
 from pipeline.errors import UserError
-from pipeline.report import fmt, gpu_hours, ladder_key, report_cli, write_report
+from pipeline.report import fmt, gpu_hours, ladder_key, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAMILIES = ("arithmetic", "spelling")

@@ -40,6 +40,7 @@ def test_kway_loss_ties_padding_and_per_prompt_weighting():
 
 def _seq_model(tiny_model_cfg, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
+
     from stages.lm.model import build_config
     torch.manual_seed(0)
     config = build_config(tiny_model_cfg, tiny_tokenizer)
@@ -48,7 +49,8 @@ def _seq_model(tiny_model_cfg, tiny_tokenizer):
 
 
 def test_one_forward_per_completion_not_per_pair(tiny_model_cfg, tiny_tokenizer):
-    from stages.reward_model import Example, collate, ranking_loss_step
+    from stages.reward_model import ranking_loss_step
+    from stages.rm.data import Example, collate
     model = _seq_model(tiny_model_cfg, tiny_tokenizer)
     seqs = [[5, 6, 7, 8], [5, 6, 9], [5, 10, 11, 12, 13]]
     examples = [Example(seqs, [0, 1, 2], "f", None, "t"), Example(seqs[:2], [1, 0], "f", None, "t")]
@@ -81,6 +83,7 @@ def _human_log(path, n_prompts: int):
 
 def test_rm_stage_trains_centres_and_saves_a_loadable_dir(tmp_path, tiny_model, tiny_tokenizer):
     from transformers import AutoModelForSequenceClassification
+
     from pipeline.context import StageContext
     from pipeline.schema import Recipe
     from pipeline.tracking import Tracker
@@ -122,9 +125,9 @@ def test_rm_stage_trains_centres_and_saves_a_loadable_dir(tmp_path, tiny_model, 
 
 def test_tokenizer_mismatch_is_a_user_error(tmp_path, tiny_model, tiny_tokenizer):
     from pipeline.errors import UserError
+    from stages.lm.bpe import train_bpe
     from stages.lm.model import save_model
-    from stages.reward_model import load_reward_model
-    from stages.tokenizer import train_bpe
+    from stages.rm.data import load_reward_model
     save_model(tiny_model, tiny_tokenizer, tmp_path / "m")
     from tests.conftest import TRAIN_TEXT
     other = train_bpe(TRAIN_TEXT, vocab_size=330)          # same special tokens, other ids
@@ -135,7 +138,8 @@ def test_tokenizer_mismatch_is_a_user_error(tmp_path, tiny_model, tiny_tokenizer
 
 
 def test_ranking_metrics_by_hand():
-    from stages.reward_model import Example, ranking_metrics
+    from stages.rm.data import Example
+    from stages.rm.metrics import ranking_metrics
     examples = [Example([[1]] * 3, [0, 1, 2], "a", [3, 1, 0], "verifier"),
                 Example([[1]] * 2, [0, 1], "b", [3, 1], "verifier")]
     m = ranking_metrics(examples, [torch.tensor([2.0, 1.0, 0.0]), torch.tensor([0.0, 1.0])])
@@ -148,7 +152,7 @@ def test_ranking_metrics_by_hand():
 
 
 def test_bootstrap_interval_resamples_prompts_not_pairs():
-    from stages.reward_model import prompt_bootstrap_ci
+    from stages.rm.metrics import prompt_bootstrap_ci
     assert prompt_bootstrap_ci([[1.0, 1.0], [1.0]]) == (1.0, 1.0)
     # the same 50% of 400 pairs: in 20 prompts that are all right or all wrong, or in 400 one-pair prompts
     clustered = [[float(i % 2)] * 20 for i in range(20)]
@@ -162,7 +166,7 @@ def test_bootstrap_interval_resamples_prompts_not_pairs():
 
 def test_held_out_split_is_by_prompt_text_so_a_repeated_prompt_is_on_one_side():
     from reward.ranking import Ranked
-    from stages.reward_model import is_test, split_key
+    from stages.rm.data import is_test, split_key
     question = [{"role": "user", "content": "Who made you?"}]
     # the same question drawn 40 times under different ids (identity/unknown prompts come from small pools)
     repeats = [Ranked(f"{i:05d}-abc", "identity", question, ["a", "b"], [0, 1], "verifier") for i in range(40)]
@@ -176,7 +180,7 @@ def test_held_out_split_is_by_prompt_text_so_a_repeated_prompt_is_on_one_side():
 
 
 def test_process_labels_mark_tokens_up_to_the_first_mistake():
-    from stages.reward_model import process_labels
+    from stages.rm.data import process_labels
     prompt, reference = [1, 2], [10, 11, 12, 13]
     assert process_labels(prompt + [10, 11, 99, 13], [10, 11, 99, 13], reference, tier=1) == [-1, -1, 1, 1, 0, 0]
     assert process_labels(prompt + [10, 11, 12], [10, 11, 12], reference, tier=0) == [-1, -1, 1, 1, 0]  # cut short
@@ -196,7 +200,8 @@ def test_process_loss_is_bce_over_scored_tokens():
 
 def test_process_coef_adds_the_per_token_loss_from_the_same_forward(tiny_model_cfg, tiny_tokenizer):
     from stages.lm.losses import process_loss
-    from stages.reward_model import Example, collate, ranking_loss_step
+    from stages.reward_model import ranking_loss_step
+    from stages.rm.data import Example, collate
     model = _seq_model(tiny_model_cfg, tiny_tokenizer).eval()
     seqs = [[5, 6, 7, 8], [5, 6, 9]]
     labels = [[-1, -1, 1, 1], [-1, -1, 0]]
@@ -214,7 +219,7 @@ def test_process_coef_adds_the_per_token_loss_from_the_same_forward(tiny_model_c
 
 def test_encode_labels_only_prompts_with_a_reference_and_tiers(tiny_tokenizer):
     from reward.ranking import Ranked
-    from stages.reward_model import collate, encode
+    from stages.rm.data import collate, encode
     prompt = [{"role": "user", "content": "What is 2 + 3?"}]
     right, wrong = "2+3:\nAnswer: 5<|end|>", "2+3:\nAnswer: 6<|end|>"
     checked = Ranked("a", "arithmetic", prompt, [right, wrong], [0, 1], "verifier", gold=[3, 1], reference=right)

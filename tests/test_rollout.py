@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from stages.rl import rollout
 from stages.lm.generation import Completion
+from stages.policy_gradient import rollout
 
 
 def test_collate_masks_and_per_token_logps_match_unpadded(tiny_model):
@@ -83,6 +83,7 @@ def test_unknown_family_is_a_user_error():
 
 def test_rollouts_cli(tmp_path, tiny_model, tiny_tokenizer):
     from argparse import Namespace
+
     from pipeline.errors import UserError
     from stages.lm.model import save_model
     recipe = tmp_path / "r.yaml"

@@ -182,3 +182,29 @@ def test_console_line_names_are_unique():
     assert names == {"train/loss": "loss", "base/acc/arithmetic": "base/acc/arithmetic",
                      "eval/acc/arithmetic": "eval/acc/arithmetic", "eval/format/arithmetic": "format/arithmetic",
                      "train/kl": "train/kl", "monitor/kl": "monitor/kl"}
+
+
+def test_a_stage_sees_only_the_sections_its_fingerprint_covers(tmp_path):
+    stages = (StageSpec("tokenizer", "tests.fake_stages:peeks_at_rl", ("seed", "tokenizer"), lambda r: {}),)
+    with pytest.raises(StageFailed):
+        make_runner(tmp_path, stages=stages).run()
+    log = (tmp_path / "runs/t/tokenizer.tmp/log.txt").read_text()
+    assert "reads recipe.rl, which its fingerprint does not cover" in log
+
+
+def test_changing_sft_makes_rl_stale_even_when_rl_starts_elsewhere(tmp_path):
+    """rl reads the sft section (its equal-compute control trains with it), so with rl.from set, a changed
+    sft.* must still change rl's fingerprint, and nothing upstream of rl."""
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "config.json").write_text("{}")
+    real = __import__("pipeline.runner").runner.STAGES
+
+    def fingerprints(*overrides):
+        runner = make_runner(tmp_path, f"rl.from={policy}", *overrides, stages=real)
+        return {i.spec.name: i.fingerprint for i in runner.plan(["rl"])}
+
+    before, after = fingerprints(), fingerprints("sft.max_length=300")
+    assert list(before) == ["rl"]
+    assert before["rl"] != after["rl"]
+    assert fingerprints("rm.k=3")["rl"] == before["rl"]  # what rl does not read leaves it up to date

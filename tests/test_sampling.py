@@ -7,7 +7,9 @@ import argparse
 import pytest
 import torch
 
-from stages.lm.sampling import regurgitation, sample, sample_cli
+from pipeline.commands.sample import main as sample_cli
+from stages.eval.probes import regurgitation
+from stages.lm.sampling import sample
 
 TRAIN = ["And God said, Let there be light: and there was light. And God saw the light, that it was good.",
          "The quick brown fox jumps over the lazy dog; strawberry has three r letters in it, count them."]
@@ -53,7 +55,7 @@ def test_bad_checkpoint_is_a_user_error(tmp_path):
 
 
 def test_regurgitation_separates_memorised_from_held_out(tiny_model, tiny_tokenizer):
-    from stages.tokenizer import encode_plain
+    from stages.lm.bpe import encode_plain
     bos = tiny_tokenizer.bos_token_id
     rows = [[bos] + ids[:24] for ids in encode_plain(tiny_tokenizer, TRAIN)]
     batch = torch.tensor(rows)  # (2, 25)

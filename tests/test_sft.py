@@ -8,8 +8,9 @@ import torch
 
 from pipeline.schema import Recipe, SFTStage
 from stages.data.chat import render_training
+from stages.data.sft_examples import pack
 from stages.data.tasks import make_tasks
-from stages.sft import (StepSchedule, add_lora, collate, merge_lora, pack, token_loss_sum, train_step)
+from stages.lm.finetune import StepSchedule, add_lora, collate, merge_lora, token_loss_sum, train_step
 
 
 def _examples(tok, n=6):
@@ -76,7 +77,7 @@ def test_step_schedule_covers_each_epoch_once():
 
 
 def test_builtin_conversations_merge_into_multi_turn_chats():
-    from stages.sft import builtin_conversations
+    from stages.data.sft_examples import builtin_conversations
     cfg = SFTStage(builtin_train_per_family=20, multi_turn_share=1.0)
     convs = builtin_conversations(cfg, 0, ["arithmetic", "identity", "unknown"])
     pieces = [piece for where, _ in convs for piece in where.split("+")]

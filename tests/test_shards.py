@@ -10,7 +10,7 @@ import pytest
 from pipeline.schema import Data
 from stages.data.shards import ShardSet, TrainWindows, build_shards, byte_pair_counts, token_dtype
 from stages.data.sources import iter_split
-from stages.tokenizer import END
+from stages.data.special_tokens import END
 
 
 def _corpus(tmp_path, n=300):

@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.recipe import load_recipe
-from pipeline.runner import Runner, StageSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 

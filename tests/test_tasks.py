@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from stages.data.tasks import (FAMILIES, Task, extract_answer, is_well_formed, make_tasks, score, split_of)
+from stages.data.tasks import FAMILIES, Task, extract_answer, is_well_formed, make_tasks, score, split_of
 from stages.data.tasks.arithmetic import add_working, sub_working
 from stages.data.tasks.decimals import compare_working
 

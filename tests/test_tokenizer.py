@@ -7,7 +7,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.tokenizer import BOS, END, SPECIAL_TOKENS, encode_plain, render_tokens
+from stages.data.special_tokens import BOS, END, SPECIAL_TOKENS
+from stages.lm.bpe import encode_plain, render_tokens
 
 
 @settings(max_examples=200, deadline=None)
@@ -51,9 +52,10 @@ def test_digits_are_single_tokens(tiny_tokenizer):
 
 def test_stage_reports_compression_and_saves_a_transformers_dir(tmp_path):
     from transformers import AutoTokenizer
+
+    from pipeline.context import StageContext
     from pipeline.schema import Recipe
     from pipeline.tracking import Tracker
-    from pipeline.context import StageContext
     from stages.tokenizer import run
     recipe = Recipe(name="t", data={"max_documents": 80, "val_fraction": 0.1}, tokenizer={"vocab_size": 400})
     tracker = Tracker("tokenizer", tmp_path, tmp_path, "t", {}, None, echo=False)
@@ -68,9 +70,11 @@ def test_stage_reports_compression_and_saves_a_transformers_dir(tmp_path):
 
 def test_tokenize_cli_shows_pieces_and_ids(tmp_path, tiny_tokenizer, capsys):
     import argparse
+
     import pytest
+
+    from pipeline.commands.tokenize import main as tokenize_cli
     from pipeline.errors import UserError
-    from stages.tokenizer import tokenize_cli
     tiny_tokenizer.save_pretrained(tmp_path)
     tokenize_cli(argparse.Namespace(text="Hello  world 12", tokenizer=str(tmp_path)))
     out = capsys.readouterr().out

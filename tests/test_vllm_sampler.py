@@ -1,4 +1,4 @@
-"""The vLLM rollout path's own logic (stages/vllm_generation.py), against a stand-in engine.
+"""The vLLM rollout path's own logic (stages/policy_gradient/vllm_sampler.py), against a stand-in engine.
 
 vLLM needs a CUDA GPU and is not installed in CI, so the engine here is a stand-in with vLLM's
 interface (LLM.generate over {"prompt_token_ids"} requests with one SamplingParams each, outputs with
@@ -61,7 +61,7 @@ def scripted(tiny_tokenizer, monkeypatch):
 @pytest.mark.parametrize("stop_included", [True, False])   # vLLM versions differ on keeping stop tokens
 @pytest.mark.parametrize("budget,use_tools", [(20, True), (7, True), (9, True), (20, False)])
 def test_vllm_path_equals_hf_sampler(scripted, stop_included, budget, use_tools):
-    from stages.rl.vllm_sampler import VLLMSampler
+    from stages.policy_gradient.vllm_sampler import VLLMSampler
     tok, table, prompt = scripted
     llm = StandInLLM(table, stop_included)
     ours = VLLMSampler(llm, tok).generate([prompt, prompt], max_new_tokens=budget, temperature=0.0,
@@ -83,7 +83,7 @@ def test_vllm_path_equals_hf_sampler(scripted, stop_included, budget, use_tools)
 
 def test_make_sampler_falls_back_or_explains(monkeypatch):
     from pipeline.errors import UserError
-    from stages.rl import vllm_sampler as vllm_generation
+    from stages.policy_gradient import vllm_sampler as vllm_generation
     monkeypatch.setattr(vllm_generation, "vllm_available", lambda: False)
     cfg = SimpleNamespace(generation="auto")
     assert vllm_generation.make_sampler(cfg, "dir", None, None) is None

@@ -124,7 +124,7 @@ def test_report_logs_one_summary_run_per_state_of_the_run(tmp_path, offline, cap
     that ran again does."""
     from argparse import Namespace
 
-    from pipeline.report import report_cli
+    from pipeline.commands.report import main as report_cli
     from tests.test_report import make_run
     run_dir, _ = make_run(tmp_path)
     recipe = tmp_path / "toy.yaml"

@@ -6,15 +6,15 @@
     lifecycle eval runs/tiny/sft --suite gsm8k --data-file gsm8k_test.jsonl --limit 100
 
 Suites (the same names the stages log at their end, so W&B panels and the report compare them):
-- base:  eval/val_loss, eval/val_bpb on the recipe's held-out documents (stages.pretrain.val_bits_per_byte)
+- base:  eval/val_loss, eval/val_bpb on the recipe's held-out documents (stages.eval.bpb.val_bits_per_byte)
          and a table of sampled continuations (eval.samples of them);
 - chat:  eval/acc/<family>, eval/format/<family>, eval/acc, eval/format on held-out built-in tasks
          (stages.eval.families.evaluate_families, greedy, calculator on) and a completions table;
 - rm:    eval/pairwise_acc, eval/top1_acc (+ /<family>, and gold_ variants against the verifier) on
-         the held-out ranked rollouts of the recipe's run (stages.reward_model's split and metrics);
+         the held-out ranked rollouts of the recipe's run (the rm stage's split and metrics, stages/rm/);
 - rl:    gold accuracy (the chat metrics), pass@k, eval/rm_reward, eval/kl to the reference policy,
-         eval/length (stages.rl.evaluate, what the RL stage reports before and after training);
-- gsm8k, arc_easy, arc_challenge, hellaswag, mmlu: eval/<name>/acc[, acc_norm] (stages/benchmarks.py);
+         eval/length (stages.policy_gradient.evaluate, what the RL stage reports before and after training);
+- gsm8k, arc_easy, arc_challenge, hellaswag, mmlu: eval/<name>/acc[, acc_norm] (stages/eval/benchmarks.py);
   `benchmarks` runs every one listed in the recipe's eval.benchmarks.
 Results print as a table, go to runs/<name>/eval/<ckpt>-<suite>/ (metrics.jsonl, tables, W&B with
 job_type "eval" when the recipe tracks) and, with --out, to a JSON file. `run()` follows the stage
@@ -26,8 +26,27 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from pipeline import artifacts
+from pipeline.context import StageContext, seed_everything
 from pipeline.errors import UserError
+from pipeline.recipe import load_recipe, recipe_to_dict
+from pipeline.schema import Recipe, Tracking
+from pipeline.tracking import Tracker
+from reward.model_scorer import RewardModelScorer, load_reward_fn
+from reward.ranking import collect_rankings
+from stages.data.sources import split_documents
+from stages.data.tasks import FAMILIES
+from stages.eval.benchmarks import BENCHMARKS, run_benchmark
+from stages.eval.bpb import val_bits_per_byte
+from stages.eval.families import evaluate_families
+from stages.lm.generation import generate
+from stages.lm.model import load_causal_lm
+from stages.policy_gradient.evaluate import evaluate as evaluate_policy
+from stages.rm.data import encode, is_test, split_key
+from stages.rm.metrics import ranking_metrics, score_examples
+from stages.rm.rollouts import read_rollouts
 
 CHAT_SUITES = ("base", "chat", "rm", "rl")
 STAGE_SUITE = {"pretrain": "base", "sft": "chat", "rm": "rm", "rl": "rl"}
@@ -41,7 +60,6 @@ class EvalResult:
 
 
 def suites() -> tuple[str, ...]:
-    from stages.eval.benchmarks import BENCHMARKS
     return CHAT_SUITES + tuple(BENCHMARKS)
 
 
@@ -57,7 +75,6 @@ def detect_suite(checkpoint: str | Path) -> str:
 
 
 def _device() -> str:
-    import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -69,9 +86,6 @@ def _input_of(checkpoint: str | Path, role: str) -> str | None:
 
 # ------------------------------------------------------------------ suites
 def suite_base(model, tokenizer, recipe, limit: int | None = None) -> EvalResult:
-    from stages.data.sources import split_documents
-    from stages.lm.generation import generate
-    from stages.pretrain import val_bits_per_byte
     _, val_docs = split_documents(recipe.data, recipe.seed)
     val_docs = val_docs[:limit] if limit else val_docs
     out = val_bits_per_byte(model, tokenizer, texts=val_docs, max_tokens=recipe.pretrain.eval_tokens)
@@ -86,12 +100,10 @@ def suite_base(model, tokenizer, recipe, limit: int | None = None) -> EvalResult
 
 
 def families_of(recipe) -> list[str]:
-    from stages.data.tasks import FAMILIES
     return list(recipe.sft.families or FAMILIES)
 
 
 def suite_chat(model, tokenizer, recipe, limit: int | None = None) -> EvalResult:
-    from stages.eval.families import evaluate_families
     ev = recipe.eval
     metrics, rows = evaluate_families(model, tokenizer, families_of(recipe), limit or ev.max_prompts_per_family,
                                       recipe.seed, ev.max_new_tokens, use_tools=True, return_rows=True)
@@ -104,23 +116,16 @@ def suite_rl(model, tokenizer, recipe, checkpoint, ctx, reference: str | None = 
     reference = reference or _input_of(checkpoint, "policy")
     if not reference:
         raise UserError(f"{checkpoint}: the rl suite needs a reference policy for KL; pass --reference SFT_DIR")
-    from stages.lm.model import load_causal_lm
-    from stages.rl import evaluate
     ref_model, _ = load_causal_lm(reference, _device())
     rm_fn = None
     reward_model = reward_model or _input_of(checkpoint, "reward_model")
     if reward_model:
-        from reward.model_scorer import load_reward_fn
         rm_fn = load_reward_fn(reward_model, device=_device())
-    return EvalResult(evaluate(model, ref_model, tokenizer, recipe, rm_fn, ctx, "eval"))
+    return EvalResult(evaluate_policy(model, ref_model, tokenizer, recipe, rm_fn, ctx, "eval"))
 
 
 def suite_rm(checkpoint, recipe, ctx, limit: int | None = None) -> EvalResult:
     """The rm stage's held-out metrics for any RM dir: the recipe's rollouts, ranked by its rankers, test split."""
-    from reward.model_scorer import RewardModelScorer
-    from reward.ranking import collect_rankings
-    from stages.reward_model import encode, is_test, ranking_metrics, score_examples, split_key
-    from stages.rl.rollout import read_rollouts
     path = ctx.run_dir / "rollouts.jsonl"
     rollouts = read_rollouts(path)
     if not rollouts:
@@ -141,7 +146,6 @@ def suite_rm(checkpoint, recipe, ctx, limit: int | None = None) -> EvalResult:
 
 
 def suite_benchmark(name, model, tokenizer, recipe, checkpoint, limit=None, data_file=None) -> EvalResult:
-    from stages.eval.benchmarks import run_benchmark
     chat = detect_suite(checkpoint) in ("chat", "rl")
     metrics, rows = run_benchmark(name, model, tokenizer, limit=limit or recipe.eval.benchmark_limit,
                                   data_file=data_file or recipe.eval.benchmark_files.get(name), chat=chat,
@@ -152,7 +156,6 @@ def suite_benchmark(name, model, tokenizer, recipe, checkpoint, limit=None, data
 
 def suite_benchmarks(model, tokenizer, recipe, checkpoint, limit=None) -> EvalResult:
     """Every benchmark the recipe lists in eval.benchmarks (local files from eval.benchmark_files)."""
-    from stages.eval.benchmarks import BENCHMARKS
     names = recipe.eval.benchmarks
     if not names:
         raise UserError("eval.benchmarks: empty; list some of " + ", ".join(BENCHMARKS) + " (or pass --suite NAME)")
@@ -171,7 +174,6 @@ def evaluate(checkpoint: str | Path, suite: str, recipe, ctx, *, limit: int | No
              data_file: str | None = None, reference: str | None = None,
              reward_model: str | None = None) -> EvalResult:
     """Run one suite on a checkpoint dir (or hub id)."""
-    from stages.lm.model import load_causal_lm
     suite = detect_suite(checkpoint) if suite == "auto" else suite
     if suite not in suites() + ("benchmarks",):
         raise UserError(f"--suite {suite}: unknown; expected auto, benchmarks or one of {', '.join(suites())}")
@@ -208,8 +210,6 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
 
 
 def _recipe(path: Path | None):
-    from pipeline.recipe import load_recipe
-    from pipeline.schema import Recipe, Tracking
     if path is not None:
         return load_recipe(path)
     return Recipe(name="eval", tracking=Tracking(wandb=False))  # defaults; nothing sent to W&B
@@ -220,10 +220,18 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items()))
 
 
-def eval_cli(args) -> int:
-    from pipeline.context import StageContext, seed_everything
-    from pipeline.recipe import recipe_to_dict
-    from pipeline.tracking import Tracker
+def add_arguments(p) -> None:
+    p.add_argument("checkpoint")
+    p.add_argument("--suite", default="auto", help="auto|base|chat|rm|rl|gsm8k|arc_easy|arc_challenge|hellaswag|mmlu|benchmarks (eval.benchmarks)")
+    p.add_argument("--recipe", type=Path, default=None, help="take eval settings from this recipe")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--data-file", default=None, help="local jsonl/parquet for a benchmark suite")
+    p.add_argument("--reference", default=None, help="rl suite: reference policy dir for KL (default: its input)")
+    p.add_argument("--reward-model", default=None, help="rl suite: RM dir for the mean RM reward")
+    p.add_argument("--out", default=None, help="also write the metrics as JSON here")
+
+
+def main(args) -> int:
     if not Path(args.checkpoint).exists() and args.checkpoint.count("/") != 1:
         raise UserError(f"{args.checkpoint}: no checkpoint dir there (expected an HF model dir or hub id)")
     if args.limit is not None and args.limit < 1:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from stages.tokenizer import ASSISTANT, END, END_RESULT, RESULT
+from stages.data.special_tokens import ASSISTANT, END, END_RESULT, RESULT
 
 ROLES = ("system", "user", "assistant")
 IGNORE = -100

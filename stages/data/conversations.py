@@ -23,9 +23,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+import datasets
+
 from pipeline.errors import UserError
 from stages.data.chat import check_roles
-from stages.tokenizer import SPECIAL_TOKENS
+from stages.data.special_tokens import SPECIAL_TOKENS
 
 HUB_DEFAULTS = {"HuggingFaceTB/smoltalk": ("all", "train"), "HuggingFaceH4/ultrachat_200k": (None, "train_sft")}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -123,7 +125,6 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
 
 
 def _hub_rows(spec: str) -> Iterator[tuple[str, object]]:
-    import datasets
     name, config, split = parse_hub_spec(spec)
     try:
         stream = datasets.load_dataset(name, config, split=split, streaming=True)

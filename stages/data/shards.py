@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tokenizers import Tokenizer, pre_tokenizers
+
+from pipeline.errors import UserError
+from stages.data.sources import iter_split
 
 CHUNK_CHARS = 1 << 18  # documents per tokenizing task: about this many characters
 
@@ -42,7 +46,6 @@ def token_dtype(vocab_size: int):
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
     """UTF-8 bytes each token id stands for (0 for special tokens): the denominator of bits-per-byte."""
-    from tokenizers import pre_tokenizers
     n = len(tokenizer)
     lengths = np.zeros(n, dtype=np.int64)
     byte_level = set(pre_tokenizers.ByteLevel.alphabet())
@@ -59,7 +62,6 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 
 # ---------------------------------------------------------------- tokenizing workers
 def _init_worker(tokenizer_json: str, bos_id: int) -> None:
-    from tokenizers import Tokenizer
     tok = Tokenizer.from_str(tokenizer_json)
     tok.encode_special_tokens = True  # "<|end|>" inside a web page is text, not a turn marker
     _WORKER.update(tok=tok, bos=bos_id)
@@ -117,7 +119,6 @@ def _write_json(path: Path, data) -> None:
 def build_shards(data_cfg, seed: int, tokenizer, cache_root: Path, log: Callable[[str], None] = print,
                  progress_bar: bool = True) -> Path:
     """Tokenize the recipe's documents into shards under cache_root/<key>/ (no-op when finished)."""
-    from stages.data.sources import iter_split
     tok_fp = tokenizer_fingerprint(tokenizer)
     out = Path(cache_root) / shard_key(data_cfg, seed, tok_fp)
     if (out / "manifest.json").is_file():
@@ -197,7 +198,6 @@ def _run_tasks(tasks, tokenizer, workers: int, progress_bar: bool):
 
 
 def _finish(out: Path, data_cfg, seed: int, tokenizer, tok_fp: str, state: dict, log) -> None:
-    from pipeline.errors import UserError
     if not state["train"]["shards"] or not state["val"]["shards"]:
         raise UserError(f"data: the {'validation' if state['train']['shards'] else 'training'} split is empty; "
                         f"add documents or change data.val_fraction (now {data_cfg.val_fraction})")

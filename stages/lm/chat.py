@@ -4,24 +4,25 @@
     lifecycle chat runs/tiny/rl --system "You are Pip, a small language model made by Acme Labs."
 
 Tokens are printed as they are sampled; calculator calls are shown as [calc 123*456 = 56088] (the
-result is the tool's, inserted by stages/generation.py, not the model's). The system prompt defaults to
+result is the tool's, inserted by stages/lm/generation.py, not the model's). The system prompt defaults to
 the model dir's system_prompt.txt (written by the SFT stage), else the built-in identity prompt;
 --system "" means none. Commands: /reset (forget the conversation), /system TEXT, /exit (or Ctrl-D).
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable
 
-from stages.tokenizer import CALL, END, END_CALL, END_RESULT, RESULT
+from stages.data.chat import render_prompt
+from stages.data.special_tokens import CALL, END, END_CALL, END_RESULT, RESULT
+from stages.data.tasks import DEFAULT_SYSTEM
+from stages.lm.generation import stream
 
 SHOWN = {CALL: "[calc ", END_CALL: " = ", RESULT: "", END_RESULT: "]"}
 HELP = "commands: /reset  /system TEXT  /exit"
 
 
 def default_system(checkpoint: str) -> str:
-    from stages.data.tasks import DEFAULT_SYSTEM
     path = Path(checkpoint) / "system_prompt.txt"
     return path.read_text().strip() if path.is_file() else DEFAULT_SYSTEM
 
@@ -36,8 +37,6 @@ def shown_text(text: str) -> str:
 def reply(model, tokenizer, messages: list[dict], write: Callable[[str], None], *, temperature: float,
           max_new_tokens: int) -> str:
     """Stream one assistant turn to `write`; return its text (tool spans kept, no end token)."""
-    from stages.data.chat import render_prompt
-    from stages.lm.generation import stream
     ids: list[int] = []
     shown = ""
     for token, _ in stream(model, tokenizer, render_prompt(tokenizer, messages), max_new_tokens=max_new_tokens,
@@ -75,27 +74,3 @@ def chat_loop(model, tokenizer, system: str | None, read: Callable[[], str], wri
         write("\n")
         messages.append({"role": "assistant", "content": text or " "})
     return messages
-
-
-def chat_cli(args) -> int:
-    from pipeline.errors import UserError
-    from stages.lm.model import load_causal_lm
-    from stages.tokenizer import ensure_chat_tokens
-    path = args.checkpoint
-    if not Path(path).is_dir() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
-        raise UserError(f"chat: {path} is not a model dir (expected an HF model dir such as runs/tiny/sft, or a hub id)")
-    import torch
-    model, tokenizer = load_causal_lm(path, device="cuda" if torch.cuda.is_available() else "cpu")
-    ensure_chat_tokens(tokenizer)
-    system = default_system(path) if args.system is None else (args.system or None)
-    print(f"chatting with {path} | system: {system or '(none)'} | {HELP}", flush=True)
-
-    def read() -> str:
-        return input("you> ")
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    chat_loop(model, tokenizer, system, read, write, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-    return 0

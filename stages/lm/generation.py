@@ -7,7 +7,7 @@
 
 Prompts are left-padded into one batch (positions from the attention mask), prefilled once, then
 decoded one token per step for all rows. When a row samples <|/calc|>, the text since its last <|calc|>
-goes to stages/tools.py and "<|result|>VALUE<|/result|>" is queued for that row: the next steps feed
+goes to stages/tools/calculator.py and "<|result|>VALUE<|/result|>" is queued for that row: the next steps feed
 those tokens instead of sampling (tool_mask = 1: not sampled, so no loss and no log-prob for them),
 which keeps every row on the same step without re-running the cache. Finished rows (<|end|> or the
 token budget, which counts inserted tokens too) are dropped from the batch and its cache.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stages.tokenizer import CALL, END, END_CALL, END_RESULT, RESULT
+from stages.data.special_tokens import CALL, END, END_CALL, END_RESULT, RESULT
 from stages.tools.calculator import tool_result
 
 

@@ -1,5 +1,5 @@
 """Pure tensor maths for every stage: no models, no data, no state. Each function is tested against
-hand-computed values in tests/test_losses.py.
+hand-computed values (tests/test_losses_rl.py; the RM losses in tests/test_reward_model.py).
 
 Shapes: B = batch, T = tokens, V = vocab, K = completions per prompt, G = group size.
 """

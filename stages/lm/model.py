@@ -7,23 +7,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaConfig
+
+from pipeline.errors import UserError
+
 
 def build_config(model_cfg, tokenizer):
     """An HF config for a fresh model: sizes from the recipe, special token ids from the tokenizer."""
     rows = model_cfg.vocab_size or len(tokenizer)
     if rows < len(tokenizer):
-        from pipeline.errors import UserError
         raise UserError(f"model.vocab_size: {rows} is smaller than the tokenizer's {len(tokenizer)} tokens "
                         "(expected null or at least the tokenizer's size)")
     ids = dict(vocab_size=rows, bos_token_id=tokenizer.bos_token_id,
                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     if model_cfg.arch == "gpt2":
-        from transformers import GPT2Config
         return GPT2Config(n_layer=model_cfg.n_layer, n_embd=model_cfg.n_embd, n_head=model_cfg.n_head,
                           n_inner=int(model_cfg.mlp_ratio * model_cfg.n_embd), n_positions=model_cfg.seq_len,
                           resid_pdrop=model_cfg.dropout, embd_pdrop=model_cfg.dropout,
                           attn_pdrop=model_cfg.dropout, tie_word_embeddings=model_cfg.tie_embeddings, **ids)
-    from transformers import LlamaConfig
     # Llama's SwiGLU MLP has 3 matrices; 2/3 of mlp_ratio keeps the parameter count of a 2-matrix MLP.
     hidden = int(2 * model_cfg.mlp_ratio * model_cfg.n_embd / 3)
     hidden = 16 * ((hidden + 15) // 16)
@@ -36,7 +38,6 @@ def build_config(model_cfg, tokenizer):
 
 def build_model(model_cfg, tokenizer):
     """A freshly initialised causal LM (fp32)."""
-    from transformers import AutoModelForCausalLM
     config = build_config(model_cfg, tokenizer)
     config._attn_implementation = "sdpa"
     return AutoModelForCausalLM.from_config(config)
@@ -48,7 +49,6 @@ def mask_padded_vocab(model, vocab: int) -> None:
     Our sampler never draws them (stages.lm.generation cuts the logits to the tokenizer's size), so RL's
     log-probs, ratios and KL must normalise over the same tokens. A forward hook, not a weight change:
     nothing of it is saved."""
-    import torch
     head = model.get_output_embeddings()
     if head is None or head.weight.shape[0] <= vocab:
         return
@@ -68,7 +68,6 @@ def count_parameters(model, exclude_embeddings: bool = False) -> int:
 
 def load_causal_lm(path: str | Path, device: str = "cpu", dtype=None):
     """Model + tokenizer from an HF dir or hub id (tokenizer from the same place)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     kwargs = {"dtype": dtype} if dtype is not None else {}
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs).to(device)

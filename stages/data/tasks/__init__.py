@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from stages.data.special_tokens import ASSISTANT, BOS, CALL, END, END_CALL, END_RESULT, RESULT, SYSTEM, USER
 from stages.data.tasks import arithmetic, calculator, decimals, persona, spelling
-from stages.tokenizer import ASSISTANT, BOS, CALL, END, END_CALL, END_RESULT, RESULT, SYSTEM, USER
 
 FAMILIES: tuple[str, ...] = ("arithmetic", "spelling", "decimal_compare", "calculator", "identity", "unknown")
 GENERATORS = {"arithmetic": arithmetic.generate, "spelling": spelling.generate, "decimal_compare": decimals.generate,

@@ -13,10 +13,8 @@ result so far (the new digit in front of the previous line's): reading the writt
 reverse order is what small models got wrong, copying the line above is easy. Subtraction keeps the
 result non-negative; a column that needs a borrow says so after its digits ("4-8-0+10=6, write 6
 borrow 1"), and leading zeros of the result so far are dropped in the answer. The borrow decision
-comes after the digits it depends on: the earlier form wrote the top digit with a leading 1
-("14-8-0=6"), deciding the borrow before either digit was on the page; with it, SFT (tiny recipe,
-700 steps, seed 1337) got 2% of held-out subtractions right, with "+10" 37%, and copy errors of the
-column's digits fell from 20 of 182 failures to 6 of 141.
+comes after the digits it depends on, so the model never has to decide it before both digits are on
+the page (docs/log.md, 2026-11-29, has the measurement).
 The working is terse on purpose: every token costs SFT and RL time on a CPU, and operators without
 spaces are single tokens. Our own generator rather than reasoning-gym's gsm_symbolic: its multi-step
 problems with large numbers are far beyond a ~1M-parameter model, and RL needs this family learnable

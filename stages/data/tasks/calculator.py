@@ -1,7 +1,7 @@
 """Calculator family: arithmetic too big to do in the head (up to 4 x 3 digit products, 4-6 digit sums
 and differences) is handed to the calculator tool. Big for a small model's head, small enough that it
 learns to copy the operands into the call and the result out. The model writes the call; at inference
-stages/generation.py runs stages/tools.py and inserts the result, which the model copies into its answer:
+stages/lm/generation.py runs stages/tools/calculator.py and inserts the result, which the model copies into its answer:
 
     I will use the calculator.
     <|calc|>4821 * 739<|/calc|><|result|>3562719<|/result|>
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from stages.tokenizer import CALL, END_CALL, END_RESULT, RESULT
+from stages.data.special_tokens import CALL, END_CALL, END_RESULT, RESULT
 
 TEMPLATES = ["What is {a} {op} {b}?", "Calculate {a} {op} {b}.", "Please compute {a} {op} {b}.",
              "I need the exact value of {a} {op} {b}."]

@@ -11,8 +11,8 @@ Why our loop and not TRL's GRPOTrainer: (1) the calculator runs inside our sampl
 costs nothing extra; TRL's tool loop parses JSON tool calls after a full generation and generates
 again, and it does not know our <|calc|> format; the tool's tokens come back as `tool_mask` and
 are excluded from logprobs, KL and loss here, in one place. (2) On the tiny recipe our step is
-faster at equal settings (bench/rl_step.py measures both in one run; docs/benchmarks.md). (3) One
-loop serves GRPO and PPO (stages/ppo.py reuses the rollout, collate and logprob code below).
+faster at equal settings (bench/rl_step.py measures both in one run; docs/benchmarks.md). (3) GRPO and
+PPO share one rollout module (stages/policy_gradient/rollout.py: sampling, tensors, log-probs, the prompt cursor).
 
 Departures from the paper: the loss is normalised over all sampled tokens of the batch by default
 (`loss_type: token`, as DAPO / Dr. GRPO, so long answers are not down-weighted); `loss_type:
@@ -22,87 +22,26 @@ ratio is taken against the distribution that was sampled (as TRL).
 """
 from __future__ import annotations
 
-import random
 import time
 
 import torch
 
 from pipeline.distributed import mean_over_ranks
 from stages.lm import losses
-from stages.rl.rollout import collate_completions, per_token_logps
-
-
-# ---------------------------------------------------------------- rollouts -> tensors
-# A batch is stages.rl.rollout.collate_completions' dict: input_ids, attention_mask, completion_mask, all
-# (N, L) right-padded prompt+completion rows; completion_mask is 0 on tool output, so the calculator's
-# tokens get no logprob, no KL and no loss.
-
-def collate(completions, pad_id: int, device=None) -> dict[str, torch.Tensor]:
-    batch = collate_completions(completions, pad_id)
-    batch["completion_mask"] = batch["completion_mask"].float()
-    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
-
-
-def rows(batch: dict, idx) -> dict:
-    """The rows `idx` (a slice or an index tensor) of every tensor in the batch."""
-    return {k: v[idx] for k, v in batch.items()}
-
-
-def completion_logps(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
-    """(N, L) log-probs of the sampled tokens (0 elsewhere); grad flows if enabled."""
-    return per_token_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], temperature)
-
-
-@torch.no_grad()
-def batched_logps(model, batch: dict, micro: int, temperature: float = 1.0) -> torch.Tensor:
-    """completion_logps without grad, `micro` rows at a time: (N, L)."""
-    n = batch["input_ids"].size(0)
-    return torch.cat([completion_logps(model, rows(batch, slice(i, i + micro)), temperature)
-                      for i in range(0, n, micro)])
-
-
-def sample_groups(model, tokenizer, tasks, cfg, num_samples: int, seed: int | None, sampler=None):
-    """G completions of each task's prompt, flattened group by group, with the reward fields.
-
-    sampler: a stages.rl.vllm_sampler.VLLMSampler holding the policy's current weights, else HF generate."""
-    from stages.data.chat import render_prompt
-    from stages.lm.generation import generate
-    prompts = [render_prompt(tokenizer, t.prompt_messages()) for t in tasks]
-    was_training = model.training
-    model.eval()
-    sample = sampler.generate if sampler is not None else lambda *a, **k: generate(model, tokenizer, *a, **k)
-    groups = sample(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                    top_p=cfg.top_p, num_samples=num_samples, use_tools=True, seed=seed)
-    model.train(was_training)
-    flat = [c for group in groups for c in group]
-    flat_tasks = [t for t in tasks for _ in range(num_samples)]
-    prompt_texts = [tokenizer.decode(p) for p in prompts for _ in range(num_samples)]
-    fields = dict(tasks=flat_tasks, answers=[t.answer for t in flat_tasks],
-                  families=[t.family for t in flat_tasks], messages=[t.prompt_messages() for t in flat_tasks])
-    return flat, prompt_texts, fields
-
-
-def reference_overflow(tokenizer, tasks, max_new_tokens: int) -> tuple[float, int]:
-    """(share of tasks whose reference answer, <|end|> included, needs more than max_new_tokens tokens,
-    the longest one in tokens). Such prompts are cut off before their "Answer:" line whatever the policy
-    does, so they always score 0 and carry no GRPO signal: the budget must cover the reference."""
-    from stages.tokenizer import END
-    lengths = [len(tokenizer(t.messages[-1]["content"] + END, add_special_tokens=False)["input_ids"]) for t in tasks]
-    if not lengths:
-        return 0.0, 0
-    return sum(n > max_new_tokens for n in lengths) / len(lengths), max(lengths)
-
-
-def gold_rewards(parts, prompt_texts, comps, fields):
-    """The verifier's scores for the monitor: from the mix when it has them, else computed here."""
-    if "verifier" in parts:
-        return parts["verifier"]
-    from reward.verifiers import verifier_reward
-    return verifier_reward(prompt_texts, [c.text for c in comps], **fields)
+from stages.policy_gradient.rollout import (
+    PromptCursor,
+    RLRun,
+    batched_logps,
+    collate,
+    completion_logps,
+    gold_rewards,
+    rows,
+    sample_groups,
+)
 
 
 # ---------------------------------------------------------------- one GRPO update
-def grpo_update(policy, batch: RolloutBatch, advantages: torch.Tensor, cfg, optimizer, accelerator,
+def grpo_update(policy, batch: dict, advantages: torch.Tensor, cfg, optimizer, accelerator,
                 ref_logps=None, old_logps=None, micro: int = 64) -> dict[str, float]:
     """One optimizer step over the whole batch in micro-batches; loss normalised over the full batch."""
     n = batch["input_ids"].size(0)
@@ -174,28 +113,28 @@ def grpo_step(policy, ref_model, tokenizer, tasks, reward_mix, cfg, accelerator,
     return metrics, rollout
 
 
-def train(policy, ref_model, tokenizer, tasks, reward_mix, cfg, ctx, accelerator, optimizer, scheduler,
-          monitor=None, micro: int = 64, sampler=None) -> dict[str, float]:
+def train(run: RLRun) -> dict[str, float]:
     """The GRPO loop: rl.max_steps rollout batches, each followed by rl.ppo_epochs updates."""
-    rng = random.Random(ctx.seed + 1000 * accelerator.process_index)
-    order = list(range(len(tasks)))
-    rng.shuffle(order)
+    cfg, accelerator, ctx = run.cfg, run.accelerator, run.ctx
+    run.policy, run.optimizer = accelerator.prepare(run.policy, run.optimizer)
+    reference = run.reference if cfg.beta > 0 else None  # the KL term is the only use of the reference
+    cursor = PromptCursor(len(run.tasks), cfg.prompts_per_step, ctx.seed, accelerator.process_index)
     start, last, tokens = time.time(), {}, 0.0
     for step in range(1, cfg.max_steps + 1):
-        picked = [tasks[order[((step - 1) * cfg.prompts_per_step + j) % len(order)]]
-                  for j in range(cfg.prompts_per_step)]
-        metrics, r = grpo_step(policy, ref_model, tokenizer, picked, reward_mix, cfg, accelerator, optimizer,
-                               micro, seed=rng.randrange(2**31), sampler=sampler)
+        indices, seed = cursor.take(step)
+        picked = [run.tasks[i] for i in indices]
+        metrics, r = grpo_step(run.policy, reference, run.tokenizer, picked, run.reward_mix, cfg, accelerator,
+                               run.optimizer, cfg.micro_batch_size, seed=seed, sampler=run.sampler)
         metrics = mean_over_ranks(accelerator, metrics)  # each rank sampled its own prompts
         tokens += metrics["train/completion_len"] * len(picked) * cfg.num_generations * accelerator.num_processes
-        scheduler.step()
-        metrics["train/lr"] = scheduler.get_last_lr()[0]
-        if monitor is not None and "rm" in r["parts"]:
+        run.scheduler.step()
+        metrics["train/lr"] = run.scheduler.get_last_lr()[0]
+        if run.monitor is not None and "rm" in r["parts"]:
             gold = gold_rewards(r["parts"], r["prompts"], r["comps"], r["fields"])
-            metrics.update(monitor.update(step, r["parts"]["rm"], gold, r["kl"], r["mean_length"]))
+            metrics.update(run.monitor.update(step, r["parts"]["rm"], gold, r["kl"], r["mean_length"]))
         ctx.tracker.log(metrics, step=step, total=cfg.max_steps)
         last = metrics
-        if monitor is not None and monitor.should_stop:
+        if run.monitor is not None and run.monitor.should_stop:
             ctx.log(f"stopped at step {step}: reward hacking (rl.stop_on_hacking)")
             break
     last["train/wall_s"] = time.time() - start

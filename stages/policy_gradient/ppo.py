@@ -24,11 +24,23 @@ import random
 import time
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.distributed import is_deepspeed, mean_over_ranks
 from pipeline.errors import UserError
+from stages.data.chat import render_training
 from stages.lm import losses
-from stages.rl.grpo import batched_logps, collate, completion_logps, gold_rewards, rows, sample_groups
+from stages.lm.optim import make_optimizer
+from stages.policy_gradient.rollout import (
+    PromptCursor,
+    RLRun,
+    batched_logps,
+    collate,
+    completion_logps,
+    gold_rewards,
+    rows,
+    sample_groups,
+)
 
 
 class ValueModel(torch.nn.Module):
@@ -49,7 +61,6 @@ class ValueModel(torch.nn.Module):
 
 
 def load_value_model(rm_dir: str, policy_tokenizer, device) -> ValueModel:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, num_labels=1)
     if AutoTokenizer.from_pretrained(rm_dir).get_vocab() != policy_tokenizer.get_vocab():
         raise UserError(f"rl: the reward model {rm_dir} uses another tokenizer than the policy; PPO's value "
@@ -59,7 +70,6 @@ def load_value_model(rm_dir: str, policy_tokenizer, device) -> ValueModel:
 
 def ptx_batches(tokenizer, tasks, micro: int, max_length: int, seed: int):
     """Endless (input_ids, labels) batches of SFT conversations for the ptx term."""
-    from stages.data.chat import render_training
     data = [r for r in (render_training(tokenizer, t.messages, max_length) for t in tasks) if r]
     rng = random.Random(seed)
     while True:
@@ -120,56 +130,55 @@ def ppo_epoch(policy, value_model, batch, targets, cfg, accelerator, optimizers,
     return stats
 
 
-def train(policy, reference, tokenizer, tasks, reward_mix, rm_dir, recipe, ctx, accelerator, optimizer,
-          scheduler, monitor=None, sampler=None):
-    """The PPO loop; returns (prepared policy, final metrics)."""
-    from stages.lm.optim import make_optimizer
-    cfg = recipe.rl
+def train(run: RLRun) -> dict[str, float]:
+    """The PPO loop against run.value_model_dir's RM; run.policy ends up the accelerate-prepared policy."""
+    cfg, accelerator, ctx, tokenizer = run.cfg, run.accelerator, run.ctx, run.tokenizer
     micro = cfg.micro_batch_size
     if is_deepspeed(accelerator):
         raise UserError("rl.distributed.engine: PPO trains two models (policy and value) with one Accelerator, "
                         "which accelerate's DeepSpeed integration does not support; use engine ddp or fsdp")
-    value_model = load_value_model(rm_dir, tokenizer, accelerator.device)
+    value_model = load_value_model(run.value_model_dir, tokenizer, accelerator.device)
     value_optimizer = make_optimizer(value_model, cfg.optim, str(accelerator.device))
-    policy, value_model, optimizer, value_optimizer = accelerator.prepare(policy, value_model, optimizer,
-                                                                          value_optimizer)
-    ptx = ptx_batches(tokenizer, tasks, micro, recipe.sft.max_length, ctx.seed) if cfg.ptx_coef > 0 else None
-    rng = random.Random(ctx.seed + 1000 * accelerator.process_index)
-    order = rng.sample(range(len(tasks)), len(tasks))
+    run.policy, value_model, run.optimizer, value_optimizer = accelerator.prepare(run.policy, value_model,
+                                                                                  run.optimizer, value_optimizer)
+    policy = run.policy
+    ptx = ptx_batches(tokenizer, run.tasks, micro, run.ptx_max_length, ctx.seed) if cfg.ptx_coef > 0 else None
+    cursor = PromptCursor(len(run.tasks), cfg.prompts_per_step, ctx.seed, accelerator.process_index)
     beta, start, last, epochs, tokens = cfg.beta, time.time(), {}, cfg.ppo_epochs or 2, 0.0
     for step in range(1, cfg.max_steps + 1):
-        picked = [tasks[order[(step * cfg.prompts_per_step + j) % len(order)]] for j in range(cfg.prompts_per_step)]
+        indices, seed = cursor.take(step)
+        picked = [run.tasks[i] for i in indices]
         comps, prompts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, picked, cfg,
-                                               cfg.num_generations, seed=rng.randrange(2**31), sampler=sampler)
-        total, parts = reward_mix(prompts, [c.text for c in comps], **fields)
+                                               cfg.num_generations, seed=seed, sampler=run.sampler)
+        total, parts = run.reward_mix(prompts, [c.text for c in comps], **fields)
         batch = collate(comps, tokenizer.pad_token_id, accelerator.device)
         scores = torch.tensor(total, device=accelerator.device)
-        targets = make_targets(policy, reference, value_model, batch, scores, cfg, beta, micro)
+        targets = make_targets(policy, run.reference, value_model, batch, scores, cfg, beta, micro)
         for _ in range(epochs):
             stats = ppo_epoch(policy, value_model, batch, targets, cfg, accelerator,
-                              (optimizer, value_optimizer), micro, ptx)
-        scheduler.step()
-        if sampler is not None:
-            sampler.load_weights(accelerator.unwrap_model(policy))
+                              (run.optimizer, value_optimizer), micro, ptx)
+        run.scheduler.step()
+        if run.sampler is not None:
+            run.sampler.load_weights(accelerator.unwrap_model(policy))
         lengths = batch["completion_mask"].sum(-1)
         metrics = {"train/loss": stats["pg_loss"] + cfg.vf_coef * stats["vf_loss"],
                    **{f"train/{k}": v for k, v in stats.items() if k != "ptx_loss" or ptx is not None},
-                   **reward_mix.log_metrics(total, parts), "train/kl": float(targets["kl"].mean()),
-                   "train/completion_len": float(lengths.mean()), "train/lr": scheduler.get_last_lr()[0]}
+                   **run.reward_mix.log_metrics(total, parts), "train/kl": float(targets["kl"].mean()),
+                   "train/completion_len": float(lengths.mean()), "train/lr": run.scheduler.get_last_lr()[0]}
         metrics = mean_over_ranks(accelerator, metrics)  # each rank sampled its own prompts
         kl = metrics["train/kl"]
         tokens += metrics["train/completion_len"] * len(comps) * accelerator.num_processes
         metrics["train/beta"] = beta  # the beta this step's rewards used; every rank adapts it alike
         if cfg.adaptive_kl_target is not None:
             beta = losses.adaptive_kl_beta(beta, kl, cfg.adaptive_kl_target, len(comps) * accelerator.num_processes)
-        if monitor is not None:
+        if run.monitor is not None:
             proxy = parts["rm"] if "rm" in parts else total
-            metrics.update(monitor.update(step, proxy, gold_rewards(parts, prompts, comps, fields), kl,
-                                          float(lengths.mean())))
+            metrics.update(run.monitor.update(step, proxy, gold_rewards(parts, prompts, comps, fields), kl,
+                                              float(lengths.mean())))
         ctx.tracker.log(metrics, step=step, total=cfg.max_steps)
         last = metrics
-        if monitor is not None and monitor.should_stop:
+        if run.monitor is not None and run.monitor.should_stop:
             ctx.log(f"stopped at step {step}: reward hacking (rl.stop_on_hacking)")
             break
     last.update({"train/wall_s": time.time() - start, "train/steps": step, "train/tokens": tokens})
-    return policy, last
+    return last

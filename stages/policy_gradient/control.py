@@ -1,10 +1,10 @@
 """The equal-compute control for RL: the SFT checkpoint trained further with SFT for RL's wall time.
 
-    from stages.rl.control import continue_sft
+    from stages.policy_gradient.control import continue_sft
     model, tokenizer, info = continue_sft("runs/tiny/sft", recipe, wall_s=150.0, ctx=ctx)
 
 RL's gain means little without it: RL spends compute, and more SFT with the same compute may buy as
-much. The control reuses the SFT stage's own pieces (stages/sft.py: data, batches, the train step)
+much. The control reuses the SFT stage's own pieces (stages/data/sft_examples.py, stages/lm/finetune.py)
 with the recipe's `sft` section, on fresh built-in conversations (seed + 1, same families and train
 split, packed when the SFT recipe packs), one process. Schedule: the SFT peak lr, cosine-decayed
 over the wall-time budget (not over a step count, which is unknown in advance) to lr * min_lr_ratio,
@@ -16,6 +16,12 @@ import math
 import time
 
 import torch
+from accelerate import Accelerator
+
+from stages.data.conversations import SkipReport
+from stages.data.sft_examples import build_examples, pack, train_families
+from stages.lm.finetune import StepSchedule, load_start_model, train_step
+from stages.lm.optim import make_optimizer
 
 
 def time_cosine(elapsed: float, budget: float, min_ratio: float) -> float:
@@ -26,20 +32,15 @@ def time_cosine(elapsed: float, budget: float, min_ratio: float) -> float:
 
 def continue_sft(policy_path: str, recipe, wall_s: float, ctx):
     """SFT from `policy_path` until `wall_s` seconds of training have passed; (model, tokenizer, info)."""
-    from accelerate import Accelerator
-
-    from stages import sft
-    from stages.data.conversations import SkipReport
-    from stages.lm.optim import make_optimizer
     cfg = recipe.sft
     accelerator = Accelerator()
-    model, tokenizer = sft.load_start_model(policy_path)
-    families = sft.check_families(cfg)
-    examples = sft.build_examples(cfg, tokenizer, recipe.seed + 1, families, SkipReport())
+    model, tokenizer = load_start_model(policy_path)
+    families = train_families(cfg)
+    examples = build_examples(cfg, tokenizer, recipe.seed + 1, families, SkipReport())
     pad_id = tokenizer.pad_token_id
-    rows = sft.pack(examples, cfg.max_length, pad_id) if cfg.packing else [(i, lab, None) for i, lab in examples]
+    rows = pack(examples, cfg.max_length, pad_id) if cfg.packing else [(i, lab, None) for i, lab in examples]
     per_step = cfg.micro_batch_size * cfg.grad_accum
-    schedule = sft.StepSchedule(len(rows), per_step, recipe.seed + 1)
+    schedule = StepSchedule(len(rows), per_step, recipe.seed + 1)
     model.to(accelerator.device).train()
     optimizer = make_optimizer(model, cfg.optim, accelerator.device.type)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # lr set by hand below
@@ -48,7 +49,7 @@ def continue_sft(policy_path: str, recipe, wall_s: float, ctx):
     while time.time() - start < wall_s:
         for group in optimizer.param_groups:
             group["lr"] = cfg.optim.lr * time_cosine(time.time() - start, wall_s, cfg.optim.min_lr_ratio)
-        loss, _ = sft.train_step(model, optimizer, scheduler, accelerator, [rows[i] for i in schedule.rows(step)],
+        loss, _ = train_step(model, optimizer, scheduler, accelerator, [rows[i] for i in schedule.rows(step)],
                                  cfg, pad_id)
         step += 1
         if step % 20 == 0:

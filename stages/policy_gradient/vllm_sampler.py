@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import os
 
+import torch
+
+from pipeline.distributed import holds_shards
 from pipeline.errors import UserError
+from stages.data.special_tokens import CALL, END, END_CALL
 from stages.lm.generation import Completion, _Row, _tool_tokens
-from stages.tokenizer import CALL, END, END_CALL
 
 
 def vllm_available() -> bool:
     import importlib.util
-    import torch
     return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
 
 
@@ -38,7 +40,6 @@ def make_sampler(cfg, policy_dir: str, tokenizer, accelerator):
     if not vllm_available():
         raise UserError("rl.generation: 'vllm' needs the vllm package and a CUDA GPU "
                         "(pip install vllm); use 'auto' to fall back to HF generate")
-    from pipeline.distributed import holds_shards
     if holds_shards(accelerator):
         raise UserError("rl.generation: vllm takes whole weights from each rank after every step, which "
                         "FSDP and ZeRO-3 do not hold; use engine ddp or zero2, or rl.generation: hf")

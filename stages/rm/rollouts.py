@@ -1,5 +1,4 @@
-"""Rollouts: K sampled completions per prompt from a policy (for ranking and the reward model), and the
-tensor helpers RL and RM share (padding completions, completion masks, per-token log-probs).
+"""The rollouts file: K sampled completions per prompt from a policy, for ranking and the reward model.
 
     lifecycle rollouts recipes/tiny.yaml          # -> runs/tiny/rollouts.jsonl (also the first part of `make rm`)
 
@@ -18,9 +17,11 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
-from pipeline.errors import UserError
+from stages.data.chat import render_prompt
+from stages.data.special_tokens import END
+from stages.data.tasks import FAMILIES, make_tasks
+from stages.lm.generation import generate
+from stages.lm.model import load_causal_lm
 
 CHUNK_PROMPTS = 16  # prompts per generate() call and per resume unit
 
@@ -60,11 +61,7 @@ def rollout_tasks(families: list[str], num_prompts: int, seed: int) -> list:
     """num_prompts training-split tasks, families interleaved (so any prefix or hash split mixes them).
 
     Drawn with seed+1, so they are mostly other prompts than SFT's (which uses the recipe seed)."""
-    from stages.data.tasks import FAMILIES, make_tasks
     families = list(families) or list(FAMILIES)
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        raise UserError(f"rm.families: unknown family {unknown[0]!r}; expected some of {', '.join(FAMILIES)}")
     per = -(-num_prompts // len(families))
     pools = [make_tasks(f, per, seed + 1, "train") for f in families]
     return [pools[i % len(families)][i // len(families)] for i in range(num_prompts)]
@@ -106,9 +103,6 @@ def _reusable(path: Path, policy: str, sampling: dict, expected_ids: list[str]) 
 def make_rollouts(model, tokenizer, tasks: list, path: str | Path, *, k: int, temperature: float, top_p: float,
                   max_new_tokens: int, seed: int, policy: str, log=print) -> list[dict]:
     """Sample k completions for each task's prompt into `path` (resuming a partial file); all records."""
-    from stages.data.chat import render_prompt
-    from stages.lm.generation import generate
-    from stages.tokenizer import END
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sampling = {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
@@ -143,7 +137,6 @@ def make_rollouts(model, tokenizer, tasks: list, path: str | Path, *, k: int, te
 
 def rollouts_for_recipe(recipe, model_dir: str | Path, path: str | Path, device: str, log=print) -> list[dict]:
     """The recipe's rollouts from the policy in model_dir (generated or resumed)."""
-    from stages.lm.model import load_causal_lm
     cfg = recipe.rm
     model, tokenizer = load_causal_lm(model_dir, device=device)
     tasks = rollout_tasks(cfg.families, cfg.num_prompts, recipe.seed)
@@ -152,50 +145,3 @@ def rollouts_for_recipe(recipe, model_dir: str | Path, path: str | Path, device:
                             log=log)
     del model
     return records
-
-
-def rollouts_cli(args) -> int:
-    from pipeline.recipe import load_recipe
-    recipe = load_recipe(args.recipe, args.overrides)
-    run_dir = Path(recipe.output_dir) / recipe.name
-    model_dir = recipe.rm.from_ or str(run_dir / "sft")
-    if not recipe.rm.from_ and not (run_dir / "sft" / "manifest.json").is_file():
-        raise UserError(f"rollouts: no SFT model at {run_dir / 'sft'}; run `lifecycle run {args.recipe} --stages sft`"
-                        " or set rm.from")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    records = rollouts_for_recipe(recipe, model_dir, run_dir / "rollouts.jsonl", device)
-    print(f"{len(records)} prompts x {recipe.rm.k} completions in {run_dir / 'rollouts.jsonl'}")
-    return 0
-
-
-# ---------------------------------------------------------------- tensors shared by RL and RM
-def collate_completions(completions, pad_id: int) -> dict[str, torch.Tensor]:
-    """Completions (stages.lm.generation.Completion) -> right-padded prompt+completion tensors.
-
-    input_ids, attention_mask, completion_mask: (N, L), aligned; completion_mask is 1 on tokens the policy
-    sampled (not the prompt, not padding, not tool output)."""
-    seqs = [list(c.prompt_ids) + list(c.completion_ids) for c in completions]
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)   # (N, L)
-    attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)    # (N, L)
-    completion_mask = torch.zeros((len(seqs), width), dtype=torch.long)   # (N, L)
-    for i, (c, s) in enumerate(zip(completions, seqs)):
-        p, t = len(c.prompt_ids), len(c.completion_ids)
-        input_ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        attention_mask[i, :len(s)] = 1
-        completion_mask[i, p:p + t] = 1 - torch.tensor(c.tool_mask, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
-
-
-def per_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log p(token_t | tokens_<t) for every position, (N, L) aligned with input_ids; 0 where completion_mask is 0.
-
-    Works with left or right padding (positions count real tokens only). Grad flows if enabled."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                        # (N, L)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False).logits[:, :-1, :].float() / temperature              # (N, L-1, V): predicts t+1
-    targets = input_ids[:, 1:]                                                          # (N, L-1)
-    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # (N, L-1)
-    logps = torch.cat([logps.new_zeros((logps.size(0), 1)), logps], dim=1)              # (N, L): position 0 has none
-    return logps * completion_mask.to(logps.dtype)

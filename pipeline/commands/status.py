@@ -1,0 +1,42 @@
+"""`lifecycle status RECIPE`: one row per stage: state, wall time, key metrics, path."""
+from __future__ import annotations
+
+from pipeline.commands import recipe_arguments
+from pipeline.recipe import load_recipe
+from pipeline.runner import Runner, status_rows
+
+# What `lifecycle status` shows first for each stage (then any other eval/ metrics).
+KEY_METRICS = {
+    "tokenizer": ["eval/bytes_per_token"],
+    "pretrain": ["eval/val_bpb", "baseline/bigram_bpb"],
+    "sft": ["eval/acc", "eval/format", "eval/acc/arithmetic"],
+    "rm": ["eval/pairwise_acc", "eval/top1_acc", "eval/n_pairs"],
+    "rl": ["eval/acc", "eval/acc/arithmetic", "before/eval/acc/arithmetic"],
+}
+
+
+def add_arguments(p) -> None:
+    recipe_arguments(p)
+
+
+def key_metrics(stage: str, metrics: dict, limit: int = 3) -> str:
+    preferred = [k for k in KEY_METRICS.get(stage, []) if k in metrics]
+    rest = [k for k in metrics if k not in preferred]
+    preferred += sorted(rest, key=lambda k: not k.startswith("eval/"))
+    shown = []
+    for key in preferred[:limit]:
+        value = metrics[key]
+        label = key.replace("eval/", "").replace("baseline/", "")
+        shown.append(f"{label}={value:.4g}" if isinstance(value, float) else f"{label}={value}")
+    return ", ".join(shown)
+
+
+def main(args) -> int:
+    rows = status_rows(Runner(load_recipe(args.recipe, args.overrides), args.recipe))
+    header = f"{'stage':<10} {'state':<8} {'wall':>8}  {'key metrics':<60} path"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        wall = f"{row['wall_time_s']:.0f}s" if row["wall_time_s"] is not None else "-"
+        print(f"{row['stage']:<10} {row['state']:<8} {wall:>8}  {key_metrics(row['stage'], row['metrics']):<60} {row['path']}")
+    return 0
