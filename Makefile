@@ -52,3 +52,8 @@ bench: install
 
 clean:
 	rm -rf runs
+
+# Any other target names a stage of the recipe (`make mid`, `make dpo`): run it and what it needs.
+.DEFAULT:
+	@$(MAKE) --no-print-directory install
+	$(LIFECYCLE) run $(RECIPE) --stages $@ $(ARGS)

@@ -47,8 +47,13 @@ class RecipeView:
 
     def __init__(self, recipe: Recipe, sections: tuple[str, ...], stage: str):
         self._recipe, self._sections, self._stage = recipe, tuple(sections), stage
+        # a stage declared in `stages:` reads its own section under its kind's name (a "mid" sft stage: .sft)
+        self._own_kind = next((s["kind"] for s in recipe.chain() if s["name"] == stage and s["fields"] is not None),
+                              None)
 
     def __getattr__(self, name: str):
+        if name == self._own_kind and name in self._sections:
+            return self._recipe.section_of(self._stage)
         if name in self._sections or name in self.RUN_LEVEL:
             return getattr(self._recipe, name)
         raise AttributeError(f"stage '{self._stage}' reads recipe.{name}, which its fingerprint does not cover; "

@@ -21,9 +21,9 @@ from pathlib import Path
 from pipeline import artifacts
 from pipeline.recipe import recipe_to_dict
 from pipeline.report_plots import plot_ladder, plot_losses, plot_rl, plot_rm
+from pipeline.schema import DEFAULT_CHAIN
 from pipeline.tracking import Tracker, wandb_mode
 
-STAGES = ("tokenizer", "pretrain", "sft", "rm", "rl")  # pipeline order (pipeline.runner.STAGE_NAMES)
 TOKEN_KEYS = ("train/tokens", "tokens")                  # total training tokens a stage reports
 
 
@@ -60,9 +60,10 @@ def read_history(stage_dir: Path) -> list[dict]:
     return rows
 
 
-def collect(run_dir: Path) -> tuple[dict[str, StageRecord], list[str]]:
+def collect(run_dir: Path, stage_names=DEFAULT_CHAIN) -> tuple[dict[str, StageRecord], list[str]]:
+    """The finished stages among `stage_names` (the recipe's chain, in run order), and the missing ones."""
     stages, missing = {}, []
-    for name in STAGES:
+    for name in stage_names:
         manifest = artifacts.read_manifest(run_dir / name)
         if manifest is None:
             missing.append(name)
@@ -104,17 +105,20 @@ def ladder_key(stage: str, key: str) -> tuple[str, str, str] | None:
 
 
 def ladder(stages: dict[str, StageRecord]) -> tuple[list[str], dict[tuple[str, str], dict[str, float]]]:
-    """Columns (models, in pipeline order) and {(kind, family): {column: value}}."""
+    """Columns (models, in pipeline order) and {(kind, family): {column: value}}.
+
+    A stage's "before" model (its input, evaluated by the stage) sits just before it, its controls just after."""
     table: dict[tuple[str, str], dict[str, float]] = {}
     order: dict[str, tuple] = {}
+    position = {name: i for i, name in enumerate(stages)}
     for name, rec in stages.items():
         for key, value in rec.metrics.items():
             parsed = ladder_key(name, key)
             if parsed and isinstance(value, (int, float)) and not isinstance(value, bool):
                 column, kind, family = parsed
                 table.setdefault((kind, family), {})[column] = float(value)
-                rank = -1 if column == "base" else STAGES.index(name)
-                order[column] = (rank, column != name, column)
+                offset = -0.5 if column.endswith(":before") else 0.5 if column != name else 0.0
+                order[column] = (-1 if column == "base" else position[name] + offset, column)
     def rank(kind: str) -> int:  # acc, acc_*, pass@k, format, format_*
         return 0 if kind == "acc" else 1 if kind.startswith("acc") else 2 if kind.startswith("pass@") else 3
     rows = dict(sorted(table.items(), key=lambda kv: (rank(kv[0][0]), kv[0])))
@@ -200,10 +204,10 @@ def _environment(stages: dict[str, StageRecord]) -> list[str]:
 
 
 # ------------------------------------------------------------------ writing
-def write_report(run_dir: str | Path, run_name: str | None = None) -> Report:
-    """Write run_dir/report.md and run_dir/report/*.png; return what was written."""
+def write_report(run_dir: str | Path, run_name: str | None = None, stage_names=DEFAULT_CHAIN) -> Report:
+    """Write run_dir/report.md and run_dir/report/*.png for the stages in `stage_names`; return what was written."""
     run_dir = Path(run_dir)
-    stages, missing = collect(run_dir)
+    stages, missing = collect(run_dir, stage_names)
     report = Report(path=run_dir / "report.md", stages=stages, missing=missing)
     plot_dir = run_dir / "report"
     plot_dir.mkdir(parents=True, exist_ok=True)

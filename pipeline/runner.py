@@ -35,29 +35,68 @@ class StageSpec:
     config_keys: tuple[str, ...]                # recipe sections the stage reads: fingerprinted, and all it can see
     inputs: Callable[[Recipe], dict[str, str]]  # role -> upstream stage name, or "ext:<path or hub id>"
     distributed: bool = True                    # False: always one process (the tokenizer trains on one CPU)
+    kind: str = ""                              # tokenizer | pretrain | sft | rm | rl; "" = the name
 
 
-def _upstream(recipe: Recipe, stage: str, role: str, default: str) -> dict[str, str]:
-    ref = getattr(getattr(recipe, stage), "from_", None)
-    return {role: f"ext:{ref}" if ref else default}
+@dataclass(frozen=True)
+class Kind:
+    """What every stage of one kind shares: its entry point, the sections it reads, the role of its model input."""
+    entry: str
+    reads: tuple[str, ...]
+    role: str                    # input role of the model it starts from ("" for the tokenizer)
+    distributed: bool = True
 
 
-def _rl_inputs(recipe: Recipe) -> dict[str, str]:
-    inputs = _upstream(recipe, "rl", "policy", "sft")
-    if recipe.rl.algorithm == "ppo" or "rm" in recipe.rl.rewards:
-        inputs["reward_model"] = "rm"
+KINDS = {
+    "tokenizer": Kind("stages.tokenizer:run", ("seed", "data", "tokenizer"), "", distributed=False),
+    "pretrain": Kind("stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"), "model"),
+    "sft": Kind("stages.sft:run", ("seed", "sft", "eval"), "model"),
+    "rm": Kind("stages.reward_model:run", ("seed", "rm", "eval"), "model"),
+    # rl reads sft too: its equal-compute control trains with the sft section, PPO's ptx term uses sft.max_length
+    "rl": Kind("stages.rl:run", ("seed", "rl", "eval", "sft"), "policy"),
+}
+MAKES_MODELS = ("pretrain", "sft", "rl")              # kinds whose output a later stage can start from
+DEFAULT_UPSTREAM = {"pretrain": "tokenizer", "sft": "pretrain", "rm": "sft", "rl": "sft"}
+
+
+def _latest(recipe: Recipe, before: list[str], kinds: tuple[str, ...]) -> str | None:
+    """The last stage in `before` of one of `kinds`."""
+    return next((n for n in reversed(before) if recipe.kind_of(n) in kinds), None)
+
+
+def stage_inputs(recipe: Recipe, stage: str, before: list[str]) -> dict[str, str]:
+    """role -> upstream stage name or "ext:<dir or hub id>", from `from:` or the chain's defaults."""
+    kind, ref = recipe.kind_of(stage), recipe.from_of(stage)
+    if kind == "tokenizer":
+        return {}
+    names = [s["name"] for s in recipe.chain()]
+    if kind == "pretrain" and not ref:
+        return {"tokenizer": _latest(recipe, before, ("tokenizer",)) or "tokenizer"}
+    if ref:
+        source = ref if ref in names else f"ext:{ref}"
+    else:
+        source = DEFAULT_UPSTREAM[stage] if stage in DEFAULT_UPSTREAM else _latest(recipe, before, MAKES_MODELS)
+    inputs = {KINDS[kind].role: source or DEFAULT_UPSTREAM[kind]}
+    if kind == "rl":
+        cfg = recipe.section_of(stage)
+        if cfg.algorithm == "ppo" or "rm" in cfg.rewards:
+            inputs["reward_model"] = _latest(recipe, before, ("rm",)) or "rm"
     return inputs
 
 
-STAGES: tuple[StageSpec, ...] = (
-    StageSpec("tokenizer", "stages.tokenizer:run", ("seed", "data", "tokenizer"), lambda r: {}, distributed=False),
-    StageSpec("pretrain", "stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"),
-              lambda r: {"model": f"ext:{r.pretrain.from_}"} if r.pretrain.from_ else {"tokenizer": "tokenizer"}),
-    StageSpec("sft", "stages.sft:run", ("seed", "sft", "eval"), lambda r: _upstream(r, "sft", "model", "pretrain")),
-    StageSpec("rm", "stages.reward_model:run", ("seed", "rm", "eval"), lambda r: _upstream(r, "rm", "model", "sft")),
-    # rl reads sft too: its equal-compute control trains with the sft section, PPO's ptx term uses sft.max_length
-    StageSpec("rl", "stages.rl:run", ("seed", "rl", "eval", "sft"), _rl_inputs),
-)
+def specs_for(recipe: Recipe) -> tuple[StageSpec, ...]:
+    """The recipe's stages in run order (the default five unless `stages:` declares a chain)."""
+    chain = [s["name"] for s in recipe.chain()]
+    specs = []
+    for i, name in enumerate(chain):
+        kind = KINDS[recipe.kind_of(name)]
+        specs.append(StageSpec(name, kind.entry, kind.reads,
+                               lambda r, name=name, before=tuple(chain[:i]): stage_inputs(r, name, list(before)),
+                               kind.distributed, recipe.kind_of(name)))
+    return tuple(specs)
+
+
+STAGES: tuple[StageSpec, ...] = specs_for(Recipe(name="default"))
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
@@ -72,9 +111,10 @@ class PlanItem:
 
 
 class Runner:
-    def __init__(self, recipe: Recipe, recipe_path: Path, stages: tuple[StageSpec, ...] = STAGES,
+    def __init__(self, recipe: Recipe, recipe_path: Path, stages: tuple[StageSpec, ...] | None = None,
                  debug: bool = False):
         self.recipe, self.recipe_path, self.debug = recipe, Path(recipe_path), debug
+        stages = specs_for(recipe) if stages is None else stages
         self.specs = {s.name: s for s in stages}
         self.order = [s.name for s in stages]
         self.run_dir = Path(recipe.output_dir) / recipe.name
@@ -100,6 +140,8 @@ class Runner:
         is left out: the same stage on 1 or 8 processes computes the same thing."""
         full = recipe_to_dict(self.recipe)
         config = {key: full[key] for key in spec.config_keys}
+        if spec.kind in config and spec.name != spec.kind:  # a declared stage: its own section, not the default one
+            config[spec.kind] = self.recipe.section_of(spec.name).model_dump(mode="json", by_alias=True)
         for section in config.values():
             if isinstance(section, dict):
                 section.pop("distributed", None)

@@ -7,9 +7,11 @@ coerced to float by pydantic's lax mode.
 from __future__ import annotations
 
 import difflib
+import re
+from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from stages.data.tasks import FAMILIES
 
@@ -19,7 +21,8 @@ BENCHMARK_NAMES = ("gsm8k", "arc_easy", "arc_challenge", "hellaswag", "mmlu")  #
 
 
 def known(names, allowed: tuple[str, ...], what: str):
-    """names unchanged if every one is in `allowed`; else the first stranger, with the closest name."""
+    """names unchanged if every one is in `allowed`; else a ValueError naming the first stranger and the
+    closest allowed name. (An empty `names` is returned as it is.)"""
     for name in names:
         if name not in allowed:
             close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.5)
@@ -49,7 +52,7 @@ def check_family_weights(weights: dict[str, float]) -> dict[str, float]:
 Families = Annotated[list[str], AfterValidator(lambda v: known(v, FAMILIES, "family"))]
 Rankers = Annotated[list[str], AfterValidator(lambda v: known(v, RANKERS, "ranker"))]
 Benchmarks = Annotated[list[str], AfterValidator(lambda v: known(v, BENCHMARK_NAMES, "benchmark"))]
-BenchmarkFiles = Annotated[dict[str, str], AfterValidator(lambda v: known(list(v), BENCHMARK_NAMES, "benchmark") and v)]
+BenchmarkFiles = Annotated[dict[str, str], AfterValidator(lambda v: (known(list(v), BENCHMARK_NAMES, "benchmark"), v)[1])]
 
 
 class Section(BaseModel):
@@ -247,8 +250,45 @@ class EvalSection(Section):
     samples: int = Field(3, ge=0)                   # base-model samples logged per eval
 
 
+# ---------------------------------------------------------------- the stage graph
+KIND_SECTION = {"tokenizer": TokenizerStage, "pretrain": PretrainStage, "sft": SFTStage, "rm": RMStage,
+                "rl": RLStage}                 # a stage kind -> the section class that configures it
+DEFAULT_CHAIN = ("tokenizer", "pretrain", "sft", "rm", "rl")  # the five stages every recipe has
+STAGE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
+def parse_stage(entry, index: int) -> dict:
+    """One entry of `stages:` -> {"name", "kind", "fields"}: a default stage's name alone (its section is the
+    top-level key of that name), or a mapping {name, kind, from, <the kind's section fields>}."""
+    if isinstance(entry, str):
+        if entry not in DEFAULT_CHAIN:
+            known([entry], DEFAULT_CHAIN, "stage (declare a new one as {name: ..., kind: ...})")
+        return {"name": entry, "kind": entry, "fields": None}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ValueError(f"entry {index}: expected a stage name or a mapping with name and kind")
+    fields = {k: v for k, v in entry.items() if k not in ("name", "kind")}
+    name, kind = str(entry["name"]), entry.get("kind")
+    if name in DEFAULT_CHAIN:
+        raise ValueError(f"stage '{name}': a default stage is configured in its top-level section '{name}:', "
+                         f"not here; list it by name alone")
+    if not re.match(STAGE_NAME, name):
+        raise ValueError(f"stage name '{name}': expected a letter, then letters, digits, _ or -")
+    known([kind], tuple(KIND_SECTION), f"kind for stage '{name}'")
+    try:
+        KIND_SECTION[kind].model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(where.split(".")[-1], list(KIND_SECTION[kind].model_fields), n=1)
+            hint = f" — did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"stage '{name}' ({kind}): unknown key '{where}'{hint}") from None
+        raise ValueError(f"stage '{name}' ({kind}): {where}: {err['msg']}") from None
+    return {"name": name, "kind": kind, "fields": fields}
+
+
 class Recipe(Section):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]+$")  # run name: runs/<name>/, W&B group
+    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]{1,100}$")  # run name: runs/<name>/, W&B group
     seed: int = 1337                          # global seed
     output_dir: str = "runs"                  # where runs/<name>/ lives (relative to the cwd)
     extends: Optional[str] = None             # parent recipe (relative path); this file overrides it
@@ -262,7 +302,56 @@ class Recipe(Section):
     rm: RMStage = RMStage()
     rl: RLStage = RLStage()
     eval: EvalSection = EvalSection()
+    stages: Optional[list] = None             # the chain `run` runs, in order: default names and {name, kind, from, ...} declarations; None = the default five
+
+    @model_validator(mode="after")
+    def _check_graph(self):
+        chain = self.chain()
+        names = [s["name"] for s in chain]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"stages: two stages named '{twice[0]}'")
+        for i, stage in enumerate(chain):
+            ref = self.from_of(stage["name"])
+            if ref is None or ref not in names and not _looks_like_stage(ref, names):
+                continue
+            if ref not in names:
+                close = difflib.get_close_matches(ref, names, n=1, cutoff=0.6)
+                raise ValueError(f"stage '{stage['name']}': from '{ref}' is no stage of this recipe and no model dir"
+                                 + (f" — did you mean '{close[0]}'?" if close else ""))
+            if names.index(ref) >= i:
+                raise ValueError(f"stage '{stage['name']}' takes from '{ref}', which does not come before it "
+                                 f"(stages run in the listed order; a cycle cannot run)")
+        return self
+
+    def chain(self) -> list[dict]:
+        """The stages in run order: [{"name", "kind", "fields"}] (fields None for the default five)."""
+        if self.stages is None:
+            return [{"name": n, "kind": n, "fields": None} for n in DEFAULT_CHAIN]
+        return [parse_stage(entry, i) for i, entry in enumerate(self.stages)]
+
+    def kind_of(self, stage: str) -> str:
+        return next(s["kind"] for s in self.chain() if s["name"] == stage)
+
+    def section_of(self, stage: str):
+        """The section that configures `stage`: the top-level one for the default five, else its declaration."""
+        if stage in DEFAULT_CHAIN:
+            return getattr(self, stage)
+        entry = next(s for s in self.chain() if s["name"] == stage)
+        return KIND_SECTION[entry["kind"]].model_validate(entry["fields"])
+
+    def from_of(self, stage: str) -> Optional[str]:
+        return getattr(self.section_of(stage), "from_", None)
 
     def distributed_for(self, stage: str) -> Distributed:
-        own = getattr(getattr(self, stage, None), "distributed", None)
+        own = getattr(self.section_of(stage), "distributed", None) if stage in [s["name"] for s in self.chain()] \
+            else None
         return own or self.distributed
+
+
+def _looks_like_stage(ref: str, names: list[str]) -> bool:
+    """A `from:` that is neither a stage name nor an existing path: a hub id ("org/model", "gpt2") unless it is
+    close to a stage name (then it is most likely that stage, mistyped)."""
+    if "/" in ref or Path(ref).expanduser().exists():
+        return False
+    return bool(difflib.get_close_matches(ref, names, n=1, cutoff=0.6))

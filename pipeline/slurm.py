@@ -11,7 +11,7 @@ from the job id; rank 0 writes the result and the runner the manifest, exactly a
 
 Every job carries the same overrides (each training stage's `distributed:` set to N nodes x G GPUs),
 so all jobs compute the same fingerprints: a stage finished by an earlier job is skipped, not rerun.
-The run-level `distributed` is set to one process, so the tokenizer runs in-process on one node.
+The tokenizer always runs in one process, on one node.
 """
 from __future__ import annotations
 
@@ -23,16 +23,21 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.launch import accelerate_command
 from pipeline.recipe import load_recipe
-from pipeline.runner import STAGES, Runner
+from pipeline.runner import Runner, specs_for
+from pipeline.schema import DEFAULT_CHAIN
 
-TRAINING_STAGES = ("pretrain", "sft", "rm", "rl")
 PORT_BASE, PORT_SPAN = 20000, 20000  # job-specific rendezvous port: two jobs on one node do not collide
 
 
 def cluster_overrides(recipe, nodes: int, gpus_per_node: int) -> list[str]:
-    """Dotted overrides that put every training stage on nodes x gpus_per_node processes."""
-    out = ["distributed.num_processes=1", "distributed.num_machines=1"]  # tokenizer: in-process
-    for stage in TRAINING_STAGES:
+    """Dotted overrides that put every training stage on nodes x gpus_per_node processes: the run-level
+    `distributed` (which declared stages without their own inherit; the tokenizer always runs in one
+    process) and each default stage's own section."""
+    run_level = recipe.distributed
+    out = [f"distributed.engine={'ddp' if run_level.engine == 'none' else run_level.engine}",
+           f"distributed.num_processes={nodes * gpus_per_node}", f"distributed.num_machines={nodes}",
+           "distributed.main_process_ip=null"]
+    for stage in (s.name for s in specs_for(recipe) if s.kind != "tokenizer" and s.name in DEFAULT_CHAIN):
         dist = recipe.distributed_for(stage)
         engine = "ddp" if dist.engine == "none" else dist.engine
         out += [f"{stage}.distributed.engine={engine}",
@@ -57,7 +62,8 @@ def _header(name: str, stage: str, nodes: int, gpus: int, args, out_dir: Path) -
 
 
 def job_script(recipe, recipe_path: Path, stage: str, overrides: list[str], args, out_dir: Path) -> str:
-    training = stage in TRAINING_STAGES
+    spec = next(s for s in specs_for(recipe) if s.name == stage)
+    training = spec.distributed
     nodes, gpus = (args.nodes, args.gpus_per_node) if training else (1, 0)
     run = [sys.executable, "-m", "pipeline", "run", str(recipe_path.resolve()), "--stages", stage]
     lines = _header(recipe.name, stage, nodes, gpus, args, out_dir) + [
@@ -74,8 +80,7 @@ def job_script(recipe, recipe_path: Path, stage: str, overrides: list[str], args
         lines.append('export LIFECYCLE_SRUN="srun --nodes=$SLURM_NNODES --ntasks-per-node=1 --kill-on-bad-exit=1"')
         run_dir = Path(recipe.output_dir) / recipe.name
         dist = recipe.distributed_for(stage)
-        entry = next(s.entry for s in STAGES if s.name == stage)
-        per_node = accelerate_command(dist, entry, run_dir / f"{stage}.tmp", run_dir, stage,
+        per_node = accelerate_command(dist, spec.entry, run_dir / f"{stage}.tmp", run_dir, stage,
                                       machine_rank="$SLURM_NODEID", main_ip="$MAIN_PROCESS_IP",
                                       port="$MAIN_PROCESS_PORT")
         per_node[0:3] = ["accelerate", "launch"]

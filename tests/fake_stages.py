@@ -48,3 +48,8 @@ def allreduce(recipe, inputs, ctx):
 def peeks_at_rl(recipe, inputs, ctx):
     """Reads a section its spec does not list: the runner must refuse, so fingerprints cover all reads."""
     return {"eval/value": float(recipe.rl.max_steps)}
+
+
+def any_stage(recipe, inputs, ctx):
+    """Stands in for any real stage kind: records its inputs, so graph tests can run whole chains fast."""
+    return _write(ctx, inputs, ctx.stage)

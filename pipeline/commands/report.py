@@ -20,7 +20,7 @@ def main(args) -> int:
     run_dir = Path(recipe.output_dir) / recipe.name
     if not run_dir.is_dir():
         raise UserError(f"{args.recipe}: no run at {run_dir}; run the recipe first (lifecycle run {args.recipe})")
-    report = write_report(run_dir, recipe.name)
+    report = write_report(run_dir, recipe.name, [s["name"] for s in recipe.chain()])
     print(f"report: {report.path} ({len(report.stages)} stages; plots: {', '.join(report.plots) or 'none'})")
     if recipe.tracking.wandb:
         # Once per state of the run: `make all` on a finished run reports again, and a summary run each
