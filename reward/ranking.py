@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
-from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.errors import UserError
@@ -206,7 +206,8 @@ def load_pairs(spec: str, limit: int) -> list[Ranked]:
     if path.exists() and kind is None:
         raise UserError(f"rm.pairs_datasets: '{spec}' must be .jsonl, .json or .parquet")
     try:
-        ds = load_dataset(kind, data_files=str(path), split="train") if path.exists() else load_dataset(spec, split="train")
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train") if path.exists() \
+            else datasets.load_dataset(spec, split="train")
     except Exception as exc:  # datasets raises many types; the user needs the one line
         raise UserError(f"rm.pairs_datasets: cannot load '{spec}' ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not {"chosen", "rejected"} <= set(ds.column_names):

@@ -12,7 +12,7 @@ import torch
 from pipeline.schema import RLStage
 from stages.lm.generation import Completion, generate
 from stages.lm.losses import group_advantages
-from stages.policy_gradient import grpo
+from stages.policy_gradient import grpo, rollout
 
 
 class _Acc:  # the bits of accelerate.Accelerator the update uses, for a single CPU process
@@ -38,7 +38,7 @@ def _rollout(model, tok, n_prompts=2, G=4, seed=0):
 
 def test_collate_masks_tool_tokens_and_padding():
     comps = [Completion([5, 6, 7], [10, 11, 12, 13], [0, 1, 1, 0], "", True), Completion([5], [20], [0], "", True)]
-    b = grpo.collate(comps, pad_id=0)
+    b = rollout.collate(comps, pad_id=0)
     assert b["input_ids"].tolist() == [[5, 6, 7, 10, 11, 12, 13], [5, 20, 0, 0, 0, 0, 0]]
     assert b["completion_mask"].tolist() == [[0, 0, 0, 1, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0]]
 
@@ -46,8 +46,8 @@ def test_collate_masks_tool_tokens_and_padding():
 def test_logps_ignore_masked_positions(tiny_model, tiny_tokenizer):
     comps = _rollout(tiny_model, tiny_tokenizer, n_prompts=1, G=2)
     comps[0].tool_mask = [1] * len(comps[0].completion_ids)   # pretend the tool wrote all of it
-    batch = grpo.collate(comps, tiny_tokenizer.pad_token_id)
-    logps = grpo.batched_logps(tiny_model, batch, micro=1)
+    batch = rollout.collate(comps, tiny_tokenizer.pad_token_id)
+    logps = rollout.batched_logps(tiny_model, batch, micro=1)
     assert torch.all(logps[0] == 0) and torch.all(logps[1][batch["completion_mask"][1] > 0] < 0)
 
 
@@ -57,7 +57,7 @@ def _cfg(**kw):
 
 def test_one_step_changes_parameters_and_matches_micro_batching(tiny_model, tiny_tokenizer):
     comps = _rollout(tiny_model, tiny_tokenizer)
-    batch = grpo.collate(comps, tiny_tokenizer.pad_token_id)
+    batch = rollout.collate(comps, tiny_tokenizer.pad_token_id)
     adv = group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1]), 4)
     grads = []
     for micro in (8, 3):  # same loss and gradient whether the batch is split or not
@@ -78,7 +78,7 @@ def test_one_step_changes_parameters_and_matches_micro_batching(tiny_model, tiny
 
 def _kl(policy, ref, batch):
     """Mean squared log-ratio on the sampled tokens: 0 iff the two policies agree there."""
-    lp, rp = grpo.batched_logps(policy, batch, 8), grpo.batched_logps(ref, batch, 8)
+    lp, rp = rollout.batched_logps(policy, batch, 8), rollout.batched_logps(ref, batch, 8)
     return float(((lp - rp) ** 2 * batch["completion_mask"]).sum() / batch["completion_mask"].sum())
 
 
@@ -92,11 +92,11 @@ def test_constant_reward_keeps_policy_at_reference(tiny_model, tiny_tokenizer, b
             p.add_(0.05 * torch.randn_like(p))
     start = copy.deepcopy(policy)
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3, weight_decay=0.0)
-    batch = grpo.collate(_rollout(ref, tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    batch = rollout.collate(_rollout(ref, tiny_tokenizer), tiny_tokenizer.pad_token_id)
     adv = group_advantages(torch.ones(8), 4)   # constant reward: zero advantage everywhere
     kl_before = _kl(policy, ref, batch)
     for _ in range(15):
-        ref_logps = grpo.batched_logps(ref, batch, 8)
+        ref_logps = rollout.batched_logps(ref, batch, 8)
         grpo.grpo_update(policy, batch, adv, _cfg(beta=beta), opt, _Acc(), ref_logps=ref_logps, micro=8)
     kl_after = _kl(policy, ref, batch)
     if beta == 0.0:  # nothing to learn: the policy does not move
@@ -106,15 +106,15 @@ def test_constant_reward_keeps_policy_at_reference(tiny_model, tiny_tokenizer, b
 
 
 def test_rewarded_samples_gain_probability(tiny_model, tiny_tokenizer):
-    batch = grpo.collate(_rollout(tiny_model, tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    batch = rollout.collate(_rollout(tiny_model, tiny_tokenizer), tiny_tokenizer.pad_token_id)
     rewards = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 1])
     adv = group_advantages(rewards, 4)
     policy = copy.deepcopy(tiny_model)
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3, weight_decay=0.0)
-    before = grpo.batched_logps(policy, batch, 8).sum(-1)
+    before = rollout.batched_logps(policy, batch, 8).sum(-1)
     for _ in range(3):
         grpo.grpo_update(policy, batch, adv, _cfg(), opt, _Acc(), micro=8)
-    delta = grpo.batched_logps(policy, batch, 8).sum(-1) - before
+    delta = rollout.batched_logps(policy, batch, 8).sum(-1) - before
     assert delta[0] > delta[1:4].max() and delta[7] > delta[4:7].max()
 
 
@@ -185,24 +185,24 @@ def test_reference_overflow_counts_answers_the_budget_cuts_off(tiny_tokenizer):
     lengths = [len(tiny_tokenizer(t.messages[-1]["content"] + END, add_special_tokens=False)["input_ids"])
                for t in tasks]
     longest = max(lengths)
-    assert grpo.reference_overflow(tiny_tokenizer, tasks, longest) == (0.0, longest)
-    share, _ = grpo.reference_overflow(tiny_tokenizer, tasks, longest - 1)
+    assert rollout.reference_overflow(tiny_tokenizer, tasks, longest) == (0.0, longest)
+    share, _ = rollout.reference_overflow(tiny_tokenizer, tasks, longest - 1)
     assert share == pytest.approx(sum(n == longest for n in lengths) / len(tasks)) and share > 0
-    share, _ = grpo.reference_overflow(tiny_tokenizer, tasks, sorted(lengths)[len(lengths) // 2])
+    share, _ = rollout.reference_overflow(tiny_tokenizer, tasks, sorted(lengths)[len(lengths) // 2])
     assert 0 < share <= 0.5
 
 
 def test_zero_advantage_rows_are_skipped_without_changing_the_gradient(tiny_model, tiny_tokenizer):
     from stages.lm import losses
     comps = _rollout(tiny_model, tiny_tokenizer)
-    batch = grpo.collate(comps, tiny_tokenizer.pad_token_id)
+    batch = rollout.collate(comps, tiny_tokenizer.pad_token_id)
     adv = group_advantages(torch.tensor([1.0, 0, 0, 1, 1, 1, 1, 1]), 4)   # the second group has no signal
     assert (adv[4:] == 0).all() and (adv[:4] != 0).all()
     noop = SimpleNamespace(step=lambda: None, zero_grad=lambda **k: None)
     for loss_type in ("token", "sequence"):
         cfg = _cfg(loss_type=loss_type)
         ref_model = copy.deepcopy(tiny_model)   # the full-batch loss, every row through the model
-        lp = grpo.completion_logps(ref_model, batch, cfg.temperature)
+        lp = rollout.completion_logps(ref_model, batch, cfg.temperature)
         loss, _ = losses.grpo_loss(lp, lp.detach(), adv, batch["completion_mask"], loss_type=loss_type)
         loss.backward()
         model = copy.deepcopy(tiny_model)
@@ -223,9 +223,9 @@ def test_ratio_logps_are_the_sampling_distribution(tiny_model, tiny_tokenizer):
                tok("<|bos|><|user|>Spell strawberry please<|end|><|assistant|>", add_special_tokens=False)["input_ids"]]
     out = generate(tiny_model, tok, prompts, max_new_tokens=8, temperature=T, num_samples=3, use_tools=False, seed=1)
     comps = [c for group in out for c in group]
-    batch = grpo.collate(comps, tok.pad_token_id)
+    batch = rollout.collate(comps, tok.pad_token_id)
     with torch.no_grad():
-        lp = grpo.completion_logps(tiny_model, batch, T)
+        lp = rollout.completion_logps(tiny_model, batch, T)
         for i, c in enumerate(comps):
             ids = torch.tensor([list(c.prompt_ids) + list(c.completion_ids)])
             logits = tiny_model(input_ids=ids).logits[0, :, :len(tok)].float() / T
@@ -245,10 +245,10 @@ def test_padded_vocab_logps_normalise_over_the_tokenizer(tiny_model_cfg, tiny_to
     model = build_model(tiny_model_cfg.model_copy(update={"vocab_size": vocab + 64}), tiny_tokenizer)
     prompt = tiny_tokenizer("The quick brown", add_special_tokens=False)["input_ids"]
     comp = Completion(prompt, [5, 6, 7], [0, 0, 0], "", False)
-    batch = grpo.collate([comp], tiny_tokenizer.pad_token_id)
-    before = grpo.completion_logps(model, batch)
+    batch = rollout.collate([comp], tiny_tokenizer.pad_token_id)
+    before = rollout.completion_logps(model, batch)
     mask_padded_vocab(model, vocab)
-    after = grpo.completion_logps(model, batch)
+    after = rollout.completion_logps(model, batch)
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"]).logits[0, :-1, :vocab]
     want = torch.log_softmax(logits.float(), -1)[torch.arange(logits.size(0)), batch["input_ids"][0, 1:]]

@@ -36,7 +36,7 @@ MALFORMED = [
     ("seed: 3\n", "{path}: name: required key is missing"),
     ("name: t\nmodel:\n  arch: llama\n  n_layer: [1, 2]\n", "{path}:4: model.n_layer: expected an integer, got [1, 2]"),
     ("name: t\ntracking:\n  wandb: maybe\n", "{path}:3: tracking.wandb: expected true or false, got 'maybe'"),
-    ("name: 'bad name'\n", "{path}:1: name: expected a string matching ^[A-Za-z0-9._-]+$, got 'bad name'"),
+    ("name: 'bad name'\n", "{path}:1: name: expected a string matching ^[A-Za-z0-9._-]{{1,100}}$, got 'bad name'"),
     ("name: t\ndata: [1, 2]\n", "{path}:2: data: expected a mapping, got [1, 2]"),
     ("- just\n- a list\n", "{path}: expected a mapping of recipe keys, got list"),
     ("", "{path}: recipe is empty; expected a mapping with at least `name:`"),

@@ -1,4 +1,4 @@
-"""Rollouts: the JSONL record, resuming a killed run exactly, and the tensor helpers RL reuses."""
+"""Rollouts: the RM's rollouts file (JSONL record, resuming a killed run exactly) and the RL tensor helpers."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,10 @@ import json
 import pytest
 import torch
 
+from pipeline.commands import rollouts as rollouts_cmd
 from stages.lm.generation import Completion
 from stages.policy_gradient import rollout
+from stages.rm import rollouts
 
 
 def test_collate_masks_and_per_token_logps_match_unpadded(tiny_model):
@@ -35,19 +37,19 @@ def test_collate_masks_and_per_token_logps_match_unpadded(tiny_model):
 
 
 def _run(model, tok, tasks, path, policy="fp1"):
-    return rollout.make_rollouts(model, tok, tasks, path, k=2, temperature=1.0, top_p=1.0, max_new_tokens=3,
+    return rollouts.make_rollouts(model, tok, tasks, path, k=2, temperature=1.0, top_p=1.0, max_new_tokens=3,
                                  seed=7, policy=policy, log=lambda m: None)
 
 
 def test_rollouts_file_resumes_after_a_kill(tmp_path, tiny_model, tiny_tokenizer, monkeypatch):
-    monkeypatch.setattr(rollout, "CHUNK_PROMPTS", 2)
-    tasks = rollout.rollout_tasks(["arithmetic", "spelling"], 5, seed=0)
+    monkeypatch.setattr(rollouts, "CHUNK_PROMPTS", 2)
+    tasks = rollouts.rollout_tasks(["arithmetic", "spelling"], 5, seed=0)
     assert [t.family for t in tasks] == ["arithmetic", "spelling", "arithmetic", "spelling", "arithmetic"]
     full = _run(tiny_model, tiny_tokenizer, tasks, tmp_path / "a.jsonl")
     assert len(full) == 5 and all(len(r["completions"]) == 2 for r in full)
     rec = full[0]
     assert rec["sampling"] == {"k": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 3, "seed": 7}
-    assert rec["policy"] == "fp1" and rec["tokenizer"] == rollout.tokenizer_hash(tiny_tokenizer)
+    assert rec["policy"] == "fp1" and rec["tokenizer"] == rollouts.tokenizer_hash(tiny_tokenizer)
     assert rec["reference"].endswith("<|end|>") and rec["answer"] == tasks[0].answer
     # a run killed in the middle of chunk 2: two whole chunks minus a line, plus half a line
     lines = (tmp_path / "a.jsonl").read_text().splitlines(keepends=True)
@@ -66,19 +68,22 @@ def test_rollouts_file_resumes_after_a_kill(tmp_path, tiny_model, tiny_tokenizer
 def test_policy_fingerprint_changes_with_the_weights(tmp_path, tiny_model, tiny_tokenizer):
     from stages.lm.model import save_model
     save_model(tiny_model, tiny_tokenizer, tmp_path / "m")
-    first = rollout.policy_fingerprint(tmp_path / "m")
+    first = rollouts.policy_fingerprint(tmp_path / "m")
     with torch.no_grad():
         tiny_model.model.embed_tokens.weight.add_(1.0)
     save_model(tiny_model, tiny_tokenizer, tmp_path / "m")
-    assert rollout.policy_fingerprint(tmp_path / "m") != first
+    assert rollouts.policy_fingerprint(tmp_path / "m") != first
     (tmp_path / "m" / "manifest.json").write_text(json.dumps({"fingerprint": "abc", "run_id": "r1"}))
-    assert rollout.policy_fingerprint(tmp_path / "m") != first
+    assert rollouts.policy_fingerprint(tmp_path / "m") != first
 
 
-def test_unknown_family_is_a_user_error():
+def test_unknown_family_is_a_user_error_at_load(tmp_path):
     from pipeline.errors import UserError
-    with pytest.raises(UserError, match="rm.families"):
-        rollout.rollout_tasks(["poetry"], 3, seed=0)
+    from pipeline.recipe import load_recipe
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: t\n")
+    with pytest.raises(UserError, match="rm.families: unknown family 'poetry'"):
+        load_recipe(recipe, ["rm.families=[poetry]"])
 
 
 def test_rollouts_cli(tmp_path, tiny_model, tiny_tokenizer):
@@ -89,10 +94,10 @@ def test_rollouts_cli(tmp_path, tiny_model, tiny_tokenizer):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\n")
     with pytest.raises(UserError, match="no SFT model"):
-        rollout.rollouts_cli(Namespace(recipe=recipe, overrides=[]))
+        rollouts_cmd.main(Namespace(recipe=recipe, overrides=[]))
     save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
     args = Namespace(recipe=recipe, overrides=[f"rm.from={tmp_path / 'sft'}", "rm.num_prompts=3", "rm.k=2",
                                                "rm.max_new_tokens=3", "rm.families=[arithmetic]"])
-    assert rollout.rollouts_cli(args) == 0
-    records = rollout.read_rollouts(tmp_path / "runs" / "t" / "rollouts.jsonl")
+    assert rollouts_cmd.main(args) == 0
+    records = rollouts.read_rollouts(tmp_path / "runs" / "t" / "rollouts.jsonl")
     assert len(records) == 3 and {r["family"] for r in records} == {"arithmetic"}

@@ -156,9 +156,12 @@ def test_stage_reports_over_long_rows(tmp_path, tiny_model, tiny_tokenizer):
     assert not any(k.startswith("base/") for k in metrics)
 
 
-def test_stage_rejects_unknown_family(tmp_path, tiny_model, tiny_tokenizer):
+def test_unknown_family_is_refused_when_the_recipe_loads(tmp_path):
     from pipeline.errors import UserError
-    with pytest.raises(UserError, match="sft.families"):
-        _run_stage(tmp_path, tiny_model, tiny_tokenizer, families=["poetry"])
-    with pytest.raises(UserError, match="sft.family_weights"):
-        _run_stage(tmp_path, tiny_model, tiny_tokenizer, family_weights={"poetry": 2})
+    from pipeline.recipe import load_recipe
+    path = tmp_path / "r.yaml"
+    path.write_text("name: t\nsft: {families: [poetry]}\n")
+    with pytest.raises(UserError, match="sft.families: unknown family 'poetry'"):
+        load_recipe(path)
+    with pytest.raises(UserError, match="sft.family_weights: unknown family 'poetry'"):
+        load_recipe(path, ["sft.families=[]", "sft.family_weights={poetry: 2}"])

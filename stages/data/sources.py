@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
-from datasets import load_dataset
+import datasets
 
 from pipeline.errors import UserError
 
@@ -83,7 +83,7 @@ def hub_documents(dataset: str, config_name: str | None, split: str, text_field:
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
         raise _offline_error(dataset)
     try:
-        ds = load_dataset(dataset, config_name, split=split, streaming=True)
+        ds = datasets.load_dataset(dataset, config_name, split=split, streaming=True)
     except Exception as exc:  # datasets raises many types (DatasetNotFoundError, ValueError, ConnectionError)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"data.dataset: cannot open '{dataset}' (config {config_name}, split {split}): {first}") from None
