@@ -56,7 +56,10 @@ function renderText(el, text) {
     const result = document.createElement("span");
     result.className = "calc-result";
     result.textContent = m[2];
-    span.append("🧮 ", expr, " = ", result);
+    const label = document.createElement("span");
+    label.className = "calc-label";
+    label.textContent = "calc";
+    span.append(label, " ", expr, " = ", result);
     el.append(span);
     last = m.index + m[0].length;
   }
