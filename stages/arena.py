@@ -5,6 +5,7 @@
     lifecycle arena runs/tiny/sft runs/tiny/rl --judge human          # writes pairs for the ranking page;
     lifecycle rank recipes/tiny.yaml --rollouts <pairs> --out <rankings>   # people judge them; then the
     lifecycle arena runs/tiny/sft runs/tiny/rl --judge human          # same command again scores them
+    (--judge human also counts battle votes cast in `lifecycle serve`: --votes, default runs/<name>/battles.jsonl)
 
 Every checkpoint answers the same held-out prompts (make_tasks(..., split="test"), families round-robin);
 every pair of checkpoints meets on every prompt. A judge scores each answer (verifier: right/wrong;
@@ -223,20 +224,28 @@ def arena_cli(args) -> int:
                 "temperature": args.temperature}
     out = arena_dir(Path(recipe.output_dir) / recipe.name, names, settings)
     tasks = held_out_tasks(families, args.prompts, recipe.seed)
-    prompts, answers = _load_or_answer(out, names, tasks, max_new, args.temperature, recipe.seed)
+    battles: list[Game] = []
     if args.judge == "human":
+        from serve.battle import games_from_votes, read_votes  # votes cast in `lifecycle serve`'s battle mode
+        votes = Path(getattr(args, "votes", None) or Path(recipe.output_dir) / recipe.name / "battles.jsonl")
         pairs, rankings = out / "pairs.jsonl", out / "rankings.jsonl"
-        games = games_from_rankings(read_rankings(rankings))
+        battles = games_from_votes(read_votes(votes), names, first_prompt=len(tasks))
+        games = games_from_rankings(read_rankings(rankings)) + battles
         if not games:
+            _, answers = _load_or_answer(out, names, tasks, max_new, args.temperature, recipe.seed)
             n = write_pairs(pairs, names, tasks, answers)
             print(f"arena: {n} pairs for people to judge in {pairs}\n  lifecycle rank {args.recipe} "
-                  f"--rollouts {pairs} --out {rankings}\nthen run this command again to score them.")
+                  f"--rollouts {pairs} --out {rankings}\nthen run this command again to score them "
+                  f"(or vote in `lifecycle serve`'s battle mode: {votes}).")
             return 0
     else:
+        prompts, answers = _load_or_answer(out, names, tasks, max_new, args.temperature, recipe.seed)
         games = games_from_scores(judge_scores(args.judge, prompts, answers, tasks))
     rows = standings(names, games, rounds=args.bootstrap, seed=recipe.seed)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "standings.json").write_text(json.dumps({"judge": args.judge, "games": len(games), "standings": rows},
                                                    indent=2))
-    print(f"arena: {len(games)} games judged by {args.judge} on {len(tasks)} held-out prompts ({out})")
+    source = f", {len(battles)} of them battle votes from {votes}" if battles else ""
+    print(f"arena: {len(games)} games judged by {args.judge} on {len(tasks)} held-out prompts{source} ({out})")
     print(format_standings(rows))
     return 0
