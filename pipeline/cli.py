@@ -7,6 +7,7 @@
     lifecycle report RECIPE                           lifecycle rollouts|rank RECIPE
     lifecycle arena CKPT_A CKPT_B ...                 lifecycle slurm RECIPE --nodes N --gpus-per-node G
     lifecycle probe regurgitation CKPT
+    lifecycle serve CKPT [CKPT...]                    lifecycle export CKPT --format gguf|hf --out PATH
 
 Bad input prints one line on stderr and exits 2 (add --debug for the traceback); a crashed stage
 exits 1 naming the stage and its log.
@@ -17,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline import commands_export, commands_serve
 from pipeline.errors import StageFailed, UserError
 
 
@@ -95,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the answers (0 = greedy)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's eval.max_new_tokens")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap rounds for the 95%% intervals")
+    p.add_argument("--votes", default=None, help="human judge: battle votes JSONL (default: runs/<name>/battles.jsonl)")
+    commands_serve.add_arguments(sub.add_parser("serve", help="OpenAI-compatible server, browser chat, battle mode"))
+    commands_export.add_arguments(sub.add_parser("export", help="export a checkpoint to GGUF or a clean HF dir"))
     p = sub.add_parser("slurm", help="write sbatch scripts: one job per stage, chained with afterok")
     _recipe_args(p)
     p.add_argument("--nodes", type=int, required=True)
@@ -116,6 +121,7 @@ COMMANDS = {
     "chat": "stages.chat:chat_cli", "eval": "stages.eval:eval_cli", "report": "pipeline.report:report_cli",
     "rollouts": "stages.rollout:rollouts_cli", "rank": "reward.ranking_page:rank_cli",
     "arena": "stages.arena:arena_cli", "slurm": "pipeline.slurm:slurm_cli",
+    "serve": "pipeline.commands_serve:main", "export": "pipeline.commands_export:main",
 }
 
 
