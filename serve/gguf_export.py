@@ -12,7 +12,8 @@ Written with the `gguf` package's GGUFWriter, following llama.cpp's convert_hf_t
   - metadata: context length, sizes, head counts, rms eps, rope freq base, the file type.
 Tokenizer: model "gpt2" (byte-level BPE: tokens in GPT-2's byte-to-unicode spelling, merges "a b"), token
 types (our special tokens CONTROL, embedding rows past the tokenizer UNUSED "[PADn]"), bos/eos/pad ids,
-add_bos_token false (our chat template writes <|bos|> itself, as transformers does), and the chat template.
+add_bos_token false (our chat template writes <|bos|> itself, as transformers does), and the chat template
+without its {% generation %} markers (gguf_chat_template(): same text, but plain Jinja can parse it).
 Pre-tokenizer "smollm": llama.cpp splits every digit (\\p{N}) and then applies GPT-2's regex, which is exactly
 our Digits(individual_digits=True) + ByteLevel(use_regex=True) (stages/tokenizer.py); "refact" and
 "starcoder" name the same rule. A tokenizer trained with individual_digits: false is plain "gpt-2".
@@ -20,6 +21,7 @@ our Digits(individual_digits=True) + ByteLevel(use_regex=True) (stages/tokenizer
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import gguf
@@ -30,6 +32,7 @@ from pipeline.errors import UserError
 
 DTYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
           "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 _T = gguf.MODEL_TENSOR
 LAYER_TENSORS = {  # HF name inside model.layers.N -> GGUF tensor kind
     "input_layernorm.weight": _T.ATTN_NORM, "self_attn.q_proj.weight": _T.ATTN_Q,
@@ -69,6 +72,12 @@ def _check_llama(config) -> None:
         raise UserError("export --format gguf: rope scaling and attention/MLP biases are not supported yet")
 
 
+def gguf_chat_template(template: str) -> str:
+    """The template without transformers' {% generation %} markers (training-only: they mark the assistant
+    tokens for the loss mask and render nothing); plain Jinja runtimes such as llama-cpp-python's reject them."""
+    return GENERATION_TAG.sub("", template)
+
+
 def pre_tokenizer_name(tokenizer) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenizer; UserError for one llama.cpp would split differently."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
@@ -104,7 +113,7 @@ def _write_tokenizer(writer: gguf.GGUFWriter, tokenizer, n_vocab: int) -> None:
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
     if tokenizer.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
+        writer.add_chat_template(gguf_chat_template(tokenizer.chat_template))
 
 
 def _add_tensor(writer: gguf.GGUFWriter, name: str, data: np.ndarray, dtype: str) -> None:

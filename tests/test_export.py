@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 
 import gguf
+import jinja2
 import numpy as np
 import pytest
 import torch
 
 from pipeline.cli import main as lifecycle
-from serve.gguf_export import export_gguf, gguf_name, permute, unpermute
+from serve.gguf_export import export_gguf, gguf_chat_template, gguf_name, permute, unpermute
 from serve.hf_export import export_hf
 from tests.serve_helpers import save, tiny_llama
 
@@ -95,7 +96,15 @@ def test_gguf_f32_tensors_and_metadata_match_the_hf_model(tmp_path, untied, tiny
     assert (f["tokenizer.ggml.bos_token_id"], f["tokenizer.ggml.eos_token_id"], f["tokenizer.ggml.padding_token_id"]) \
         == (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     assert f["tokenizer.ggml.add_bos_token"] is False
-    assert f["tokenizer.chat_template"] == tok.chat_template and "<|assistant|>" in tok.chat_template
+    template = f["tokenizer.chat_template"]
+    assert "{% generation %}" not in template and "{% generation %}" in tok.chat_template   # plain Jinja parses it
+    jinja2.Environment().from_string(template)
+    with pytest.raises(jinja2.TemplateSyntaxError, match="generation"):
+        jinja2.Environment().from_string(tok.chat_template)
+    convo = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]
+    for prompt in (True, False):                                            # ... and it renders the same text
+        assert tok.apply_chat_template(convo, chat_template=template, tokenize=False, add_generation_prompt=prompt) \
+            == tok.apply_chat_template(convo, tokenize=False, add_generation_prompt=prompt)
 
 
 def test_gguf_f16_q8_tied_and_refusals(tmp_path, tiny_tokenizer):
@@ -173,7 +182,7 @@ def test_llama_cpp_runs_the_f32_export_like_transformers(tmp_path, tiny_tokenize
     export_gguf(model, tok, tmp_path / "m.gguf", "f32")
     llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False,
                           n_threads=2, seed=0)
-    assert llm.metadata["tokenizer.chat_template"] == tok.chat_template
+    assert llm.metadata["tokenizer.chat_template"] == gguf_chat_template(tok.chat_template)
     text = "In the beginning 123 + 456 = 579. The quick brown fox: strawberry 9.11 > 9.9?"
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok(text, add_special_tokens=False)["input_ids"]
     chat = render_prompt(tok, [{"role": "user", "content": "What is 2 + 3?"}])
@@ -189,3 +198,7 @@ def test_llama_cpp_runs_the_f32_export_like_transformers(tmp_path, tiny_tokenize
         if len(continuation) == len(greedy.completion_ids) or token == tok.eos_token_id:
             break
     assert continuation == greedy.completion_ids
+    # llama-cpp-python's own chat path: it renders the template from the file (plain Jinja) and stops at <|end|>
+    answer = llm.create_chat_completion([{"role": "user", "content": "What is 2 + 3?"}], temperature=0.0,
+                                        max_tokens=len(greedy.completion_ids), repeat_penalty=1.0)
+    assert answer["choices"][0]["message"]["content"] == tok.decode(greedy.completion_ids, skip_special_tokens=True)

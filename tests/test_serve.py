@@ -162,3 +162,18 @@ def test_bad_input_is_400_with_an_openai_error_body_and_the_server_keeps_serving
     with pytest.raises(openai.BadRequestError, match="max_tokens"):
         client(server).chat.completions.create(model="tiny/sft", messages=QUESTION, max_tokens=-5)
     assert httpx.post(url, json=ok).json()["usage"]["completion_tokens"] == 2
+
+
+def test_serve_cli_refuses_bad_input_in_one_line(checkpoints, tmp_path, capsys):
+    import socket
+    from pipeline.cli import main as lifecycle
+    assert lifecycle(["serve", checkpoints["sft"], checkpoints["sft"]]) == 2
+    assert "checkpoints must differ" in capsys.readouterr().err
+    assert lifecycle(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
+    assert "is not a model dir" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert lifecycle(["serve", checkpoints["sft"], "--port", str(busy.getsockname()[1])]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --host/--port: cannot listen on 127.0.0.1:") and err.count("\n") == 1
