@@ -38,11 +38,11 @@ from serve.openai_api import APIError, new_id, parse_chat_request, require_json
 STATIC = Path(__file__).parent / "static"
 
 
-LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+LOOPBACK_NAMES = ["127.0.0.1", "localhost"]   # Host headers accepted on 127.0.0.1 (IPv6 hosts: any)
 
 
 def create_app(engines: list[Engine], votes: VoteLog, host: str = "127.0.0.1") -> Starlette:
-    """The app. On a loopback host only loopback Host headers are accepted (no DNS rebinding), and POSTs
+    """The app. On 127.0.0.1 only loopback Host headers are accepted (no DNS rebinding), and POSTs
     must say Content-Type: application/json (a cross-site form cannot, without a CORS preflight we refuse)."""
     by_name = {e.name: e for e in engines}
     battles = Battles(by_name, votes)
@@ -132,7 +132,7 @@ class Server:
         finally:
             self.close()
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         """Serve on a background thread; returns once the server accepts connections."""
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()

@@ -22,9 +22,9 @@ from __future__ import annotations
 import queue
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -108,7 +108,7 @@ class Engine:
         self.name, self.checkpoint, self.model, self.tokenizer = name, checkpoint, model, tokenizer
         self.system_prompt = default_system(checkpoint)
         config = model.config
-        self.context_length = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions"))
+        self.context_length = int(getattr(config, "max_position_embeddings", 0) or config.n_positions)
         self.end_id = tokenizer.convert_tokens_to_ids(END)
         self.lock = threading.Lock()          # the tokenizer is shared by the event loop and the worker
         self.jobs: queue.Queue[Job | None] = queue.Queue()
@@ -117,7 +117,7 @@ class Engine:
         self.thread.start()
 
     @classmethod
-    def load(cls, checkpoint: str, name: str | None = None, device: str | None = None) -> "Engine":
+    def load(cls, checkpoint: str, name: str | None = None, device: str | None = None) -> Engine:
         path = Path(checkpoint)
         if not path.is_dir() and (checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1):
             raise UserError(f"serve: {checkpoint} is not a model dir (expected an HF model dir such as runs/tiny/sft)")
@@ -153,7 +153,7 @@ class Engine:
                 continue
             try:
                 self._run(job)
-            except Exception as exc:  # a failed job must not kill the worker: report it and go on
+            except Exception as exc:  # noqa: BLE001 - a failed job must not kill the worker: report it, go on
                 self.stats["errors"] += 1
                 job.emit(("error", f"{type(exc).__name__}: {exc}"))
 

@@ -68,6 +68,7 @@ def checkpoints(tmp_path_factory, tiny_tokenizer):
 def server(checkpoints):
     """Both checkpoints served on a free 127.0.0.1 port, votes in runs/tiny/battles.jsonl."""
     from pathlib import Path
+
     from serve.app import Server
     from serve.engine import Engine
     engines = [Engine.load(checkpoints["sft"]), Engine.load(checkpoints["calc"])]

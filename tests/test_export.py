@@ -11,7 +11,6 @@ import torch
 
 from pipeline.cli import main as lifecycle
 from serve.gguf_export import export_gguf, gguf_chat_template, gguf_name, permute, unpermute
-from serve.hf_export import export_hf
 from tests.serve_helpers import save, tiny_llama
 
 

@@ -13,7 +13,10 @@ from stages.data.chat import render_prompt
 from stages.generation import stream
 from stages.model import load_causal_lm
 from stages.tokenizer import ensure_chat_tokens
-from tests.serve_helpers import CALC_ANSWER, checkpoints, server  # noqa: F401  (fixtures)
+from tests import serve_helpers
+from tests.serve_helpers import CALC_ANSWER
+
+checkpoints, server = serve_helpers.checkpoints, serve_helpers.server  # the fixtures
 
 QUESTION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 12 + 30?"}]
 
@@ -69,7 +72,7 @@ def test_calculator_runs_inside_generation_and_round_trips(server, checkpoints):
 
 def test_seed_n_stop_and_max_tokens(server):
     api = client(server)
-    kw = dict(model="tiny/sft", messages=QUESTION, max_tokens=12)
+    kw = {"model": "tiny/sft", "messages": QUESTION, "max_tokens": 12}
     a = api.chat.completions.create(**kw, temperature=1.0, seed=7, n=3)
     b = api.chat.completions.create(**kw, temperature=1.0, seed=7, n=3)
     assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
@@ -166,6 +169,7 @@ def test_bad_input_is_400_with_an_openai_error_body_and_the_server_keeps_serving
 
 def test_serve_cli_refuses_bad_input_in_one_line(checkpoints, tmp_path, capsys):
     import socket
+
     from pipeline.cli import main as lifecycle
     assert lifecycle(["serve", checkpoints["sft"], checkpoints["sft"]]) == 2
     assert "checkpoints must differ" in capsys.readouterr().err

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main as lifecycle
-from tests.serve_helpers import checkpoints, server  # noqa: F401  (fixtures)
+from tests import serve_helpers
+
+checkpoints, server = serve_helpers.checkpoints, serve_helpers.server  # the fixtures
 
 
 @pytest.fixture(scope="module")
