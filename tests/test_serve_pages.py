@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -41,14 +42,30 @@ def test_chat_page_streams_a_reply_and_shows_the_calculator(server, browser):
     page.goto(server.url)
     page.wait_for_selector("body[data-ready='1']")
     assert page.input_value("#system") == "You are a tiny test model."      # the model's own system prompt
-    # a random model, 40 tokens: count how often the reply's text changes while it streams in
-    page.fill("#max_tokens", "40")
-    page.evaluate("""() => { window.changes = 0; new MutationObserver(() => window.changes++)
-        .observe(document.querySelector('#messages'), {subtree: true, childList: true, characterData: true}); }""")
-    page.fill("#input", "Tell me about the quick brown fox.")
-    page.keyboard.press("Enter")
+    # a random model, 40 tokens; the worker is held after its 6th token: the first ones must already show
+    engine = next(e for e in server.engines if e.name == "tiny/sft")
+    gate, calls = threading.Event(), []
+
+    def held_decode(ids, decode=engine.decode):
+        calls.append(1)
+        if len(calls) == 6:
+            gate.wait(60)
+        return decode(ids)
+
+    engine.decode = held_decode
+    try:
+        page.fill("#max_tokens", "40")
+        page.fill("#input", "Tell me about the quick brown fox.")
+        page.keyboard.press("Enter")
+        page.wait_for_function("(() => { const m = document.querySelector('.msg.assistant');"
+                               " return m && m.dataset.state === 'streaming' && m.querySelector('.text').textContent; })()")
+        partial = page.inner_text(".msg.assistant .text")
+    finally:
+        gate.set()
+        del engine.decode
     page.wait_for_selector(".msg.assistant[data-state='done']")
-    assert page.evaluate("window.changes") > 5
+    final = page.inner_text(".msg.assistant .text")
+    assert partial and final.startswith(partial) and len(final) > len(partial)
     assert page.inner_text(".msg.user .text") == "Tell me about the quick brown fox."
     # the calculator model: its call and the tool's result are shown apart from the text
     page.select_option("#model", "tiny/calc")
