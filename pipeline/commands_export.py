@@ -23,9 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
+    from transformers.utils import logging as hf_logging
+
     from serve.engine import model_name
     from stages.model import load_causal_lm
     from stages.tokenizer import ensure_chat_tokens
+    hf_logging.disable_progress_bar()  # one line per event, no loading bars
     src, out = Path(args.checkpoint), Path(args.out)
     if not (src / "config.json").is_file():
         raise UserError(f"export: {src} is not a model dir (expected an HF model dir such as runs/tiny/rl)")

@@ -42,8 +42,11 @@ def _check_port(host: str, port: int) -> None:
 
 
 def main(args) -> int:
+    from transformers.utils import logging as hf_logging
+
     from serve.app import Server
     from serve.engine import Engine, model_name
+    hf_logging.disable_progress_bar()  # one line per event, no loading bars
     names = [model_name(c) for c in args.checkpoints]
     if len(set(names)) != len(names):
         raise UserError(f"serve: checkpoints must differ; got {' '.join(args.checkpoints)}")

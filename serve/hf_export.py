@@ -66,6 +66,8 @@ def model_card(name: str, model, tokenizer, stages: list[dict]) -> str:
     rows = [f"| {m['stage']} | {_inputs(m)} | {_data(m.get('config') or {})} "
             f"| {_metrics(m['stage'], m.get('metrics') or {})} | {m.get('wall_time_s', '-')} s |" for m in stages]
     table = "\n".join(["| stage | inputs | data | key metrics | wall time |", "|---|---|---|---|---|", *rows])
+    chain = " -> ".join(m["stage"] for m in stages)
+    made = f"the output of its `{stages[-1]['stage']}` stage ({chain})" if stages else "stages unknown"
     commit = next((m.get("git_commit") for m in reversed(stages) if m.get("git_commit")), None)
     return f"""---
 library_name: transformers
@@ -76,7 +78,7 @@ tags: [llm-lifecycle, chat]
 
 A {type(model).__name__} with {n_params:,} parameters ({c.num_hidden_layers} layers, width {c.hidden_size},
 context {getattr(c, 'max_position_embeddings', None) or getattr(c, 'n_positions', '?')} tokens, vocabulary {len(tokenizer)}),
-made by llm-lifecycle from raw text: tokenizer -> pretrain -> SFT -> reward model -> RL.
+made by llm-lifecycle (raw text -> tokenizer -> pretrain -> SFT -> reward model -> RL): {made}.
 
 ## Lineage
 
