@@ -78,6 +78,11 @@ def test_seed_n_stop_and_max_tokens(server):
     assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
     assert [c.index for c in a.choices] == [0, 1, 2] and len({c.message.content for c in a.choices}) > 1
     assert a.usage.completion_tokens == 36                              # 3 choices x 12 (finish: length)
+    texts = ["", "", ""]
+    for chunk in api.chat.completions.create(**kw, temperature=1.0, seed=7, n=3, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == [c.message.content for c in a.choices]              # streamed choices kept apart
     greedy = api.chat.completions.create(**kw, temperature=0).choices[0].message.content
     stop = greedy[3:6]
     cut = api.chat.completions.create(**kw, temperature=0, stop=[stop, "never"])
