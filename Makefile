@@ -12,7 +12,7 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 'torch>=2.4,
 export DS_ACCELERATOR ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-slow tokenizer pretrain sft rm rl all plan status chat report rollouts rank bench clean
+.PHONY: install test test-slow tokenizer pretrain sft rm rl all plan status chat serve report rollouts rank bench clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ rollouts rank: install
 
 chat: install
 	$(LIFECYCLE) chat $${CKPT:-runs/tiny/rl}
+
+serve: install
+	$(LIFECYCLE) serve $${CKPT:-runs/tiny/sft runs/tiny/rl}
 
 bench: install
 	$(BIN)/python bench/pretrain_loop.py

@@ -7,6 +7,7 @@
     lifecycle report RECIPE                           lifecycle rollouts|rank RECIPE
     lifecycle arena CKPT_A CKPT_B ...                 lifecycle slurm RECIPE --nodes N --gpus-per-node G
     lifecycle probe regurgitation CKPT
+    lifecycle serve CKPT [CKPT...]                    lifecycle export CKPT --format gguf|hf --out PATH
 
 Each command is a module of pipeline/commands/ holding its arguments and its handler. Only the module
 of the command being run is imported, so `lifecycle plan` answers before torch would have loaded.
@@ -36,6 +37,8 @@ COMMANDS = {
     "rank": ("rank", "ranking web page for people (127.0.0.1)"),
     "arena": ("arena", "pairwise comparisons of checkpoints, Bradley-Terry/Elo scores"),
     "slurm": ("slurm", "write sbatch scripts: one job per stage, chained with afterok"),
+    "serve": ("serve", "OpenAI-compatible API, browser chat and battle mode for checkpoints (127.0.0.1)"),
+    "export": ("export", "write a checkpoint as GGUF (llama.cpp, LM Studio, Ollama) or a clean HF dir"),
 }
 
 

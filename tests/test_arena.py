@@ -108,7 +108,7 @@ def two_checkpoints(tmp_path, tiny_model_cfg, tiny_tokenizer):
 
 def _args(dirs, recipe, judge):
     return Namespace(checkpoints=dirs, judge=judge, recipe=recipe, prompts=4, temperature=1.0,
-                     max_new_tokens=6, bootstrap=50)
+                     max_new_tokens=6, bootstrap=50, votes=None)
 
 
 def test_arena_cli_with_verifier_and_human_judges(two_checkpoints, capsys):
