@@ -35,6 +35,7 @@ class StageSpec:
     config_keys: tuple[str, ...]                # recipe sections that define the stage (fingerprinted)
     inputs: Callable[[Recipe], dict[str, str]]  # role -> upstream stage name, or "ext:<path or hub id>"
     distributed: bool = True                    # False: always one process (the tokenizer trains on one CPU)
+    check: str | None = None                    # "module:function(recipe)" run before anything is written
 
 
 def _upstream(recipe: Recipe, stage: str, role: str, default: str) -> dict[str, str]:
@@ -49,10 +50,13 @@ def _rl_inputs(recipe: Recipe) -> dict[str, str]:
     return inputs
 
 
+DATA_CHECK = "stages.data.sources:preflight"  # local data files read (and small corpora split) up front
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("tokenizer", "stages.tokenizer:run", ("seed", "data", "tokenizer"), lambda r: {}, distributed=False),
+    StageSpec("tokenizer", "stages.tokenizer:run", ("seed", "data", "tokenizer"), lambda r: {}, distributed=False,
+              check=DATA_CHECK),
     StageSpec("pretrain", "stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"),
-              lambda r: {"model": f"ext:{r.pretrain.from_}"} if r.pretrain.from_ else {"tokenizer": "tokenizer"}),
+              lambda r: {"model": f"ext:{r.pretrain.from_}"} if r.pretrain.from_ else {"tokenizer": "tokenizer"},
+              check=DATA_CHECK),
     StageSpec("sft", "stages.sft:run", ("seed", "sft", "eval"), lambda r: _upstream(r, "sft", "model", "pretrain")),
     StageSpec("rm", "stages.reward_model:run", ("seed", "rm", "eval"), lambda r: _upstream(r, "rm", "model", "sft")),
     StageSpec("rl", "stages.rl:run", ("seed", "rl", "eval"), _rl_inputs),
@@ -158,6 +162,7 @@ class Runner:
 
     # ------------------------------------------------------------------ running
     def run(self, requested: list[str] | None = None, force: tuple[str, ...] = ()) -> list[PlanItem]:
+        self.preflight(requested, force)
         self._check_writable()
         self._recover_finished()
         for item in self.plan(requested, force):
@@ -170,6 +175,15 @@ class Runner:
                 raise UserError(f"{item.spec.name}: {item.reason}")
             self.execute(item)
         return self.plan(requested)
+
+    def preflight(self, requested: list[str] | None = None, force: tuple[str, ...] = ()) -> None:
+        """The checks of the stages that will run (e.g. local data files read), before anything is
+        written: a bad input fails with nothing under output_dir."""
+        done = set()
+        for item in self.plan(requested, force):
+            if item.action != "skip" and item.spec.check and item.spec.check not in done:
+                launch.load_entry(item.spec.check)(self.recipe)
+                done.add(item.spec.check)
 
     def _recover_finished(self) -> None:
         """A .tmp dir holding a manifest finished but was not renamed (killed in between): promote it."""

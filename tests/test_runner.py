@@ -182,3 +182,12 @@ def test_console_line_names_are_unique():
     assert names == {"train/loss": "loss", "base/acc/arithmetic": "base/acc/arithmetic",
                      "eval/acc/arithmetic": "eval/acc/arithmetic", "eval/format/arithmetic": "format/arithmetic",
                      "train/kl": "train/kl", "monitor/kl": "monitor/kl"}
+
+
+def test_bad_local_data_fails_before_anything_is_written(tmp_path):
+    from pipeline.runner import STAGES
+    (tmp_path / "corpus.txt").write_bytes("Caf\xe9 au lait\n".encode("latin-1"))
+    runner = make_runner(tmp_path, "data.source=local", f"data.paths=[{tmp_path / 'corpus.txt'}]", stages=STAGES)
+    with pytest.raises(UserError, match=r"corpus.txt:1: not UTF-8 \(byte 0xe9 at column 4\)"):
+        runner.run(["pretrain"])
+    assert not (tmp_path / "runs").exists()
