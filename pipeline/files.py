@@ -2,6 +2,7 @@
 
     text = read_text(path, "recipe", max_bytes=MAX_RECIPE_BYTES)      # a whole small file
     for line_no, line in read_lines(path, "rollouts file"): ...       # JSONL, one line at a time
+    for line_no, record in read_jsonl(path, "rollout"): ...           # JSONL records (dicts)
     for block in read_blocks(path, "data file"): ...                  # a big .txt, streamed
 
 Bad bytes, a wrong encoding or an absurd size raise UserError naming file:line and what was expected
@@ -14,6 +15,7 @@ Tab, newline, carriage return, vertical tab and form feed are text; the other C0
 from __future__ import annotations
 
 import codecs
+import json
 import re
 from pathlib import Path
 from typing import Iterator
@@ -150,3 +152,35 @@ def read_blocks(path: str | Path, what: str, max_bytes: int | None = None,
             newline_bytes, newline_chars = data.rfind(b"\n"), text.rfind("\n")
             byte_carry = len(data) - newline_bytes - 1 if newline_bytes >= 0 else byte_carry + len(data)
             char_carry = len(text) - newline_chars - 1 if newline_chars >= 0 else char_carry + len(text)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with _open(path) as fh:
+        if fh.seek(0, 2) == 0:
+            return True
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
+
+
+def read_jsonl(path: str | Path, what: str, max_bytes: int = MAX_RECORDS_BYTES) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of a JSONL file of objects (rollouts, rankings), blank lines skipped.
+
+    A partial last line (a writer killed mid-line: no newline after it) is left out; any other line
+    that is not a JSON object is a UserError naming file:line."""
+    path = Path(path)
+    broken: UserError | None = None
+    for line_no, line in read_lines(path, f"{what} file", max_bytes=max_bytes):
+        if broken is not None:
+            raise broken
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            broken = UserError(f"{path}:{line_no}: not valid JSON; expected one {what} record (an object) per line")
+            continue
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{line_no}: a JSON {type(record).__name__}; expected a {what} record (an object)")
+        yield line_no, record
+    if broken is not None and _ends_with_newline(path):
+        raise broken

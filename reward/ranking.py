@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
+from pipeline.files import read_lines
 
 JUDGE_QUESTION = ("Here is a question and a response.\n\nQuestion:\n{prompt}\n\nResponse:\n{response}\n\n"
                   "Is the response correct and well formatted? Answer Yes or No.")
@@ -206,6 +207,9 @@ def load_pairs(spec: str, limit: int) -> list[Ranked]:
     kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
     if path.exists() and kind is None:
         raise UserError(f"rm.pairs_datasets: '{spec}' must be .jsonl, .json or .parquet")
+    if path.exists() and kind == "json":  # datasets would fail on bad bytes only when a row is read
+        for _ in read_lines(path, "pairs dataset"):
+            pass
     try:
         ds = load_dataset(kind, data_files=str(path), split="train") if path.exists() else load_dataset(spec, split="train")
     except Exception as exc:  # datasets raises many types; the user needs the one line
