@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.context import StageContext, seed_everything
 from pipeline.errors import UserError
+from pipeline.logging_setup import third_party_output
 from pipeline.schema import Distributed, Recipe
 from pipeline.tracking import Tracker
 
@@ -40,7 +41,8 @@ def call_stage(recipe: Recipe, entry: str, stage: str, inputs: dict[str, str], o
     ctx = StageContext(stage=stage, out_dir=Path(out_dir), run_dir=Path(run_dir), seed=recipe.seed,
                        tracker=tracker, num_processes=world)
     try:
-        metrics = load_entry(entry)(recipe, inputs, ctx) or {}
+        with third_party_output(tracker.log_file):  # off a terminal: library bars off, warnings to log.txt
+            metrics = load_entry(entry)(recipe, inputs, ctx) or {}
         tracker.summary(metrics)
     finally:
         wandb_path = tracker.finish()
