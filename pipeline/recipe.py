@@ -89,6 +89,8 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _load_with_extends(path: Path, seen: tuple) -> dict:
+    if not _is_file(path):
+        raise UserError(f"{_short_path(path)}: recipe file not found")
     resolved = path.resolve()
     if len(seen) >= MAX_EXTENDS:
         raise UserError(f"{path}: `extends:` chain deeper than {MAX_EXTENDS} recipes")
