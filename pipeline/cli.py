@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import StageFailed, UserError
-from pipeline.logging_setup import quiet_progress_bars
+from pipeline.logging_setup import quiet_libraries
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -138,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    quiet_progress_bars()  # off a terminal (make all > log, CI, SLURM): no library progress bars
+    quiet_libraries()  # off a terminal (make all > log, CI, SLURM): no library progress bars
     from pipeline.launch import load_entry
     try:
         rc = load_entry(COMMANDS[args.command])(args)

@@ -1,23 +1,25 @@
 """Third-party console output when the output is not a terminal (`make all > log 2>&1`, CI, SLURM).
 
-    quiet_progress_bars()                    # pipeline/cli.py, before any library is imported
+    quiet_libraries()                        # pipeline/cli.py, before any library is imported
     with third_party_output(log_file): ...   # around a stage function (pipeline/launch.py)
 
 Off a terminal, the libraries' progress bars (transformers' "Loading weights", "Writing model
-shards", datasets' "Generating train split", huggingface_hub downloads, plain tqdm) are switched off,
-and their log records and Python warnings go to the stage's log.txt instead of the console, so a log
-file holds our one line per step and nothing between. In a terminal nothing changes.
+shards", datasets' "Generating train split", huggingface_hub downloads; any tqdm imported later, via
+TQDM_DISABLE) are switched off, and their log records and Python warnings go to the stage's log.txt
+instead of the console, so a log file holds our one line per step and nothing between. In a
+terminal nothing changes.
 """
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-# Loggers of the libraries a stage calls; Python warnings arrive on "py.warnings" (logging.captureWarnings).
+# Loggers of the libraries a stage calls; third_party_output sends Python warnings to "py.warnings" too.
 LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "accelerate", "torch", "peft", "trl",
                    "DeepSpeed", "deepspeed", "tokenizers", "py.warnings")
 # Read when each library is imported, and inherited by `accelerate launch` workers.
@@ -29,9 +31,13 @@ def is_terminal() -> bool:
     return all(getattr(stream, "isatty", lambda: False)() for stream in (sys.stdout, sys.stderr))
 
 
-def quiet_progress_bars() -> None:
+def quiet_libraries() -> None:
     """Progress bars off in this process and the processes it starts, unless the output is a terminal.
-    A variable already set (e.g. HF_HUB_DISABLE_PROGRESS_BARS=0) is left as it is."""
+    A variable already set (e.g. HF_HUB_DISABLE_PROGRESS_BARS=0) is left as it is. Without an NVIDIA
+    driver DeepSpeed is told it runs on the CPU (as the Makefile and the accelerate workers do), or its
+    import probes for an accelerator and logs a warning between our lines."""
+    if not shutil.which("nvidia-smi"):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if is_terminal():
         return
     for key, value in PROGRESS_ENV.items():

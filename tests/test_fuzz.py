@@ -240,7 +240,7 @@ def test_the_fuzz_covers_at_least_200_cases_of_every_kind():
 @pytest.mark.parametrize("case_id, files, argv", CASES, ids=[c[0] for c in CASES])
 def test_mutated_input_is_one_clean_line_and_writes_nothing(case_id, files, argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "quiet_progress_bars", lambda: None)  # leave the session's libraries as they are
+    monkeypatch.setattr(cli, "quiet_libraries", lambda: None)  # leave the session's libraries as they are
     out = tmp_path / "out"
     for name, data in files.items():
         Path(name).parent.mkdir(parents=True, exist_ok=True)
