@@ -81,3 +81,13 @@ def external_fingerprint(ref: str) -> str:
         files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in path.iterdir() if p.is_file())
         return hashlib.sha256(json.dumps([str(path.resolve()), files]).encode()).hexdigest()[:16]
     return hashlib.sha256(f"hub:{ref}".encode()).hexdigest()[:16]
+
+
+# The metrics that say most about each stage (what `lifecycle status` and model cards show first).
+KEY_METRICS = {
+    "tokenizer": ["eval/bytes_per_token"],
+    "pretrain": ["eval/val_bpb", "baseline/bigram_bpb"],
+    "sft": ["eval/acc", "eval/format", "eval/acc/arithmetic"],
+    "rm": ["eval/pairwise_acc", "eval/top1_acc", "eval/n_pairs"],
+    "rl": ["eval/acc", "eval/acc/arithmetic", "before/eval/acc/arithmetic"],
+}

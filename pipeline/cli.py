@@ -21,6 +21,7 @@ import importlib
 import sys
 
 from pipeline.errors import StageFailed, UserError
+from pipeline.logging_setup import quiet_libraries
 
 # command -> (module in pipeline/commands, one-line help)
 COMMANDS = {
@@ -84,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_libraries()  # off a terminal (make all > log, CI, SLURM): no library progress bars
     try:
         return int(command_module(args.command).main(args) or 0)
     except UserError as exc:

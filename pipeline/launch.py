@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.context import StageContext, seed_everything
 from pipeline.errors import UserError
+from pipeline.logging_setup import third_party_output
 from pipeline.recipe import RecipeView, recipe_to_dict
 from pipeline.schema import Distributed, Recipe
 from pipeline.tracking import Tracker
@@ -44,7 +45,8 @@ def call_stage(recipe: Recipe, entry: str, stage: str, inputs: dict[str, str], o
                        tracker=tracker, num_processes=world)
     try:
         view = recipe if reads is None else RecipeView(recipe, reads, stage)
-        metrics = load_entry(entry)(view, inputs, ctx) or {}
+        with third_party_output(tracker.log_file):  # off a terminal: library bars off, warnings to log.txt
+            metrics = load_entry(entry)(view, inputs, ctx) or {}
         tracker.summary(metrics)
     finally:
         wandb_path = tracker.finish()

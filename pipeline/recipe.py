@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import reprlib
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import UserError
-from pipeline.schema import Recipe
+from pipeline.files import MAX_RECIPE_BYTES, read_text
+from pipeline.schema import Recipe, Unknown
+
+MAX_EXTENDS = 16  # depth of an `extends:` chain
+# A value quoted in an error stays short, however big the value (a 100,000-character name, a deep list).
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 6, 4, 2
 
 _TYPE_WORDS = {
     "int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
@@ -68,15 +75,34 @@ def validate(raw: dict, path: Path) -> Recipe:
 
 
 # ------------------------------------------------------------------ YAML + extends
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path}: recipe file not found")
+def _short_path(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 300 else f"{text[:150]}...{text[-50:]}"
+
+
+def _is_file(path: Path) -> bool:
     try:
-        data = yaml.safe_load(path.read_text())
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte in it
+        return False
+
+
+def _read_yaml(path: Path) -> dict:
+    if not _is_file(path):
+        raise UserError(f"{_short_path(path)}: recipe file not found")
+    text = read_text(path, "recipe", MAX_RECIPE_BYTES)
+    try:
+        data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a date that does not exist: `seed: 2024-13-45`
+        raise UserError(f"{path}: invalid YAML value: {exc}") from None
     if data is None:
         raise UserError(f"{path}: recipe is empty; expected a mapping with at least `name:`")
     if not isinstance(data, dict):
@@ -85,7 +111,11 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _load_with_extends(path: Path, seen: tuple) -> dict:
+    if not _is_file(path):
+        raise UserError(f"{_short_path(path)}: recipe file not found")
     resolved = path.resolve()
+    if len(seen) >= MAX_EXTENDS:
+        raise UserError(f"{path}: `extends:` chain deeper than {MAX_EXTENDS} recipes")
     if resolved in seen:
         raise UserError(f"{path}: `extends:` forms a cycle ({' -> '.join(p.name for p in seen + (resolved,))})")
     data = _read_yaml(path)
@@ -116,8 +146,8 @@ def _apply_override(raw: dict, item: str) -> None:
         raise UserError(f"override '{item}': expected KEY.PATH=VALUE, e.g. pretrain.max_steps=50")
     try:
         parsed = yaml.safe_load(value) if value != "" else ""
-    except yaml.YAMLError:
-        parsed = value
+    except (yaml.YAMLError, RecursionError, ValueError, OverflowError):
+        parsed = value  # not YAML: the plain string (the schema then says what it expected)
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
@@ -146,13 +176,14 @@ def _describe(err: dict, raw: dict, path: Path) -> str:
         return f"{where}: {dotted}: unknown key{hint}"
     if kind == "missing":
         return f"{where}: {dotted}: required key is missing"
-    got = err.get("input")
-    if kind == "value_error":  # our own validators (pipeline/schema.py) say what is wrong in full
-        return f"{where}: {dotted}: {err['ctx']['error']}"
+    got = _SHORT.repr(err.get("input"))
+    if kind == "value_error":  # our own validators (pipeline/schema.py) say what they expected
+        error = err["ctx"]["error"]
+        return f"{where}: {dotted}: {error}" + ("" if isinstance(error, Unknown) else f", got {got}")
     if kind == "literal_error":
-        return f"{where}: {dotted}: expected {err['ctx']['expected']}, got {got!r}"
+        return f"{where}: {dotted}: expected {err['ctx']['expected']}, got {got}"
     expected = _expected(kind, err)
-    return f"{where}: {dotted}: expected {expected}, got {got!r}"
+    return f"{where}: {dotted}: expected {expected}, got {got}"
 
 
 def _expected(kind: str, err: dict) -> str:
@@ -160,11 +191,17 @@ def _expected(kind: str, err: dict) -> str:
     bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}",
               "less_than_equal": "<= {le}"}
     if kind in bounds:
-        return "a value " + bounds[kind].format(**{k: f"{v:g}" for k, v in ctx.items()})
+        return "a value " + bounds[kind].format(**{k: str(v) if isinstance(v, int) else f"{v:g}" for k, v in ctx.items()})
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "a mapping"
     if kind == "string_pattern_mismatch":
         return f"a string matching {ctx.get('pattern')}"
+    if kind == "string_too_long":
+        return f"a string of at most {ctx['max_length']:,} characters"
+    if kind == "too_long":
+        return f"at most {ctx['max_length']:,} items"
+    if kind == "finite_number":
+        return "a finite number"
     for word, text in _TYPE_WORDS.items():
         if kind.startswith(word):
             return text

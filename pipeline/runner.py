@@ -36,6 +36,7 @@ class StageSpec:
     inputs: Callable[[Recipe], dict[str, str]]  # role -> upstream stage name, or "ext:<path or hub id>"
     distributed: bool = True                    # False: always one process (the tokenizer trains on one CPU)
     kind: str = ""                              # tokenizer | pretrain | sft | rm | rl; "" = the name
+    check: str | None = None                    # "module:function(recipe)" run before anything is written
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,13 @@ class Kind:
     reads: tuple[str, ...]
     role: str                    # input role of the model it starts from ("" for the tokenizer)
     distributed: bool = True
+    check: str | None = None     # "module:function(recipe)" run before anything is written
 
 
+DATA_CHECK = "stages.data.sources:preflight"  # local data files read (and small corpora split) up front
 KINDS = {
-    "tokenizer": Kind("stages.tokenizer:run", ("seed", "data", "tokenizer"), "", distributed=False),
-    "pretrain": Kind("stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"), "model"),
+    "tokenizer": Kind("stages.tokenizer:run", ("seed", "data", "tokenizer"), "", distributed=False, check=DATA_CHECK),
+    "pretrain": Kind("stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"), "model", check=DATA_CHECK),
     "sft": Kind("stages.sft:run", ("seed", "sft", "eval"), "model"),
     "rm": Kind("stages.reward_model:run", ("seed", "rm", "eval"), "model"),
     # rl reads sft too: its equal-compute control trains with the sft section, PPO's ptx term uses sft.max_length
@@ -92,7 +95,7 @@ def specs_for(recipe: Recipe) -> tuple[StageSpec, ...]:
         kind = KINDS[recipe.kind_of(name)]
         specs.append(StageSpec(name, kind.entry, kind.reads,
                                lambda r, name=name, before=tuple(chain[:i]): stage_inputs(r, name, list(before)),
-                               kind.distributed, recipe.kind_of(name)))
+                               kind.distributed, recipe.kind_of(name), kind.check))
     return tuple(specs)
 
 
@@ -201,6 +204,7 @@ class Runner:
 
     # ------------------------------------------------------------------ running
     def run(self, requested: list[str] | None = None, force: tuple[str, ...] = ()) -> list[PlanItem]:
+        self.preflight(requested, force)
         self._check_writable()
         self._recover_finished()
         for item in self.plan(requested, force):
@@ -213,6 +217,15 @@ class Runner:
                 raise UserError(f"{item.spec.name}: {item.reason}")
             self.execute(item)
         return self.plan(requested)
+
+    def preflight(self, requested: list[str] | None = None, force: tuple[str, ...] = ()) -> None:
+        """The checks of the stages that will run (e.g. local data files read), before anything is
+        written: a bad input fails with nothing under output_dir."""
+        done = set()
+        for item in self.plan(requested, force):
+            if item.action != "skip" and item.spec.check and item.spec.check not in done:
+                launch.load_entry(item.spec.check)(self.recipe)
+                done.add(item.spec.check)
 
     def _recover_finished(self) -> None:
         """A .tmp dir holding a manifest finished but was not renamed (killed in between): promote it."""

@@ -3,6 +3,10 @@
 extra="forbid" everywhere, so a mistyped key is an error (pipeline/recipe.py turns it into one line
 with the key path and a close-match suggestion). Numbers such as `1e-4` (a string to YAML) are
 coerced to float by pydantic's lax mode.
+
+Every number has an upper bound and every string and list a length limit, so no recipe value can
+make a stage hang or exhaust memory (a billion eval prompts, a 100,000-character run name); nan and
+inf are refused, and names, paths and ids may not hold control characters.
 """
 from __future__ import annotations
 
@@ -13,11 +17,42 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.files import CONTROL
 from stages.data.tasks import FAMILIES
+
+_CONTROL_IN_NAME = re.compile(r"[\x00-\x1f\x7f]")
+BIG = 10**9            # counts (rows, prompts, tokens) beyond this are typos, not plans
+STEPS = 10**8          # optimizer/RL steps and their intervals
+GEN_TOKENS = 1 << 17   # generation budgets and sequence lengths (131,072 tokens)
+
+
+def _no_control(pattern: re.Pattern):
+    def check(value: str) -> str:
+        bad = pattern.search(value)
+        if bad is not None:
+            raise ValueError(f"expected text without control characters (found 0x{ord(bad.group()):02x})")
+        return value
+    return AfterValidator(check)
+
+
+def _not_dots(value: str) -> str:
+    if set(value) == {"."}:
+        raise ValueError("expected a run name, not a path such as '.' or '..'")
+    return value
+
+
+Name = Annotated[str, Field(max_length=256), _no_control(_CONTROL_IN_NAME)]     # ids, fields, families, hosts
+PathText = Annotated[str, Field(max_length=4096), _no_control(_CONTROL_IN_NAME)]  # a file, glob, dir or hub id
+Prose = Annotated[str, Field(max_length=100_000), _no_control(CONTROL)]         # free text (newlines allowed)
+Weight = Annotated[float, Field(ge=0, le=1000)]
 
 REWARD_PARTS = ("verifier", "format", "rm")    # reward/combine.py's built-in parts; others are 'module:function'
 RANKERS = ("verifier", "judge", "human")        # reward/ranking.py's ranking sources
 BENCHMARK_NAMES = ("gsm8k", "arc_easy", "arc_challenge", "hellaswag", "mmlu")  # stages/eval/benchmarks.py
+
+
+class Unknown(ValueError):
+    """A refused value whose message already names it (recipe errors then add no ", got ...")."""
 
 
 def known(names, allowed: tuple[str, ...], what: str):
@@ -27,7 +62,7 @@ def known(names, allowed: tuple[str, ...], what: str):
         if name not in allowed:
             close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.5)
             hint = f" — did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(allowed)}"
-            raise ValueError(f"unknown {what} '{name}'{hint}")
+            raise Unknown(f"unknown {what} '{name}'{hint}")
     return names
 
 
@@ -37,7 +72,7 @@ def check_reward_parts(rewards: dict[str, float]) -> dict[str, float]:
     for name in rewards:
         module, _, func = name.partition(":")
         if ":" in name and not (module and func):
-            raise ValueError(f"reward '{name}': expected 'module:function'")
+            raise Unknown(f"reward '{name}': expected 'module:function'")
     return rewards
 
 
@@ -45,18 +80,18 @@ def check_family_weights(weights: dict[str, float]) -> dict[str, float]:
     known(list(weights), FAMILIES, "family")
     for family, w in weights.items():
         if not 0 <= w <= 10:
-            raise ValueError(f"weight of '{family}' is {w}; expected 0 to 10")
+            raise Unknown(f"weight of '{family}' is {w}; expected 0 to 10")
     return weights
 
 
 Families = Annotated[list[str], AfterValidator(lambda v: known(v, FAMILIES, "family"))]
 Rankers = Annotated[list[str], AfterValidator(lambda v: known(v, RANKERS, "ranker"))]
 Benchmarks = Annotated[list[str], AfterValidator(lambda v: known(v, BENCHMARK_NAMES, "benchmark"))]
-BenchmarkFiles = Annotated[dict[str, str], AfterValidator(lambda v: (known(list(v), BENCHMARK_NAMES, "benchmark"), v)[1])]
+BenchmarkFiles = Annotated[dict[Name, PathText], AfterValidator(lambda v: (known(list(v), BENCHMARK_NAMES, "benchmark"), v)[1])]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=(), allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -76,27 +111,27 @@ class Section(BaseModel):
 # ---------------------------------------------------------------- run-level groups
 class Tracking(Section):
     wandb: bool = True                      # log to W&B; offline (runs/<name>/wandb) when no API key
-    project: str = "llm-lifecycle"          # W&B project
-    entity: Optional[str] = None            # W&B team/user; None = your default entity
+    project: Name = "llm-lifecycle"         # W&B project
+    entity: Optional[Name] = None           # W&B team/user; None = your default entity
 
 
 class Distributed(Section):
     engine: Literal["none", "ddp", "fsdp", "zero2", "zero3", "zero3_offload"] = "none"  # recipes/engines/<engine>.yaml
-    num_processes: int = Field(1, ge=1)      # processes in total (GPUs across all machines)
-    num_machines: int = Field(1, ge=1)       # nodes; > 1 needs main_process_ip (or `lifecycle slurm`)
-    main_process_ip: Optional[str] = None    # rank-0 host for multi-node runs
-    main_process_port: int = 29500           # rendezvous port
+    num_processes: int = Field(1, ge=1, le=100_000)  # processes in total (GPUs across all machines)
+    num_machines: int = Field(1, ge=1, le=10_000)    # nodes; > 1 needs main_process_ip (or `lifecycle slurm`)
+    main_process_ip: Optional[Name] = None   # rank-0 host for multi-node runs
+    main_process_port: int = Field(29500, ge=1, le=65535)  # rendezvous port
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 on GPUs; "no" on CPU
 
 
 class Optim(Section):
-    lr: float = Field(3e-4, gt=0)                 # peak learning rate
-    weight_decay: float = Field(0.1, ge=0)        # AdamW decay on matrices (not norms/biases/embeddings)
-    betas: tuple[float, float] = (0.9, 0.95)      # AdamW betas
-    eps: float = 1e-8                              # AdamW epsilon
-    grad_clip: float = Field(1.0, ge=0)            # max global grad norm; 0 = off
+    lr: float = Field(3e-4, gt=0, le=10)          # peak learning rate
+    weight_decay: float = Field(0.1, ge=0, le=10)  # AdamW decay on matrices (not norms/biases/embeddings)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)  # AdamW betas, each in [0, 1)
+    eps: float = Field(1e-8, gt=0, le=1)           # AdamW epsilon
+    grad_clip: float = Field(1.0, ge=0, le=1e6)    # max global grad norm; 0 = off
     schedule: Literal["cosine", "wsd", "constant", "linear"] = "cosine"  # lr shape after warmup
-    warmup_steps: int = Field(0, ge=0)             # linear warmup steps
+    warmup_steps: int = Field(0, ge=0, le=STEPS)   # linear warmup steps
     min_lr_ratio: float = Field(0.1, ge=0, le=1)   # final lr = lr * min_lr_ratio
     decay_fraction: float = Field(0.2, gt=0, le=1) # wsd: fraction of steps spent decaying
 
@@ -105,54 +140,55 @@ class Optim(Section):
 class Data(Section):
     """Pretraining text. `source` picks the loader in stages/data/sources.py."""
     source: Literal["embedded", "fineweb", "hub", "local"] = "embedded"
-    dataset: Optional[str] = None            # hub: dataset id (fineweb: HuggingFaceFW/fineweb-edu)
-    config_name: Optional[str] = None        # hub: dataset config (fineweb: sample-10BT)
-    split: str = "train"                     # hub: split name
-    text_field: str = "text"                 # hub/local jsonl/parquet: the column holding text
-    paths: list[str] = []                    # local: files or globs (.txt, .jsonl, .parquet)
-    max_documents: Optional[int] = Field(None, ge=1)  # cap documents read (None = all)
-    max_chars: Optional[int] = Field(None, ge=1)      # cap characters read (None = all)
-    val_fraction: float = Field(0.02, gt=0, lt=0.5)   # documents held out for validation
-    shard_tokens: int = Field(10_000_000, ge=1000)    # tokens per memmap shard
-    num_workers: int = Field(0, ge=0)                  # tokenizing processes; 0 = all cores
+    dataset: Optional[PathText] = None       # hub: dataset id (fineweb: HuggingFaceFW/fineweb-edu)
+    config_name: Optional[Name] = None       # hub: dataset config (fineweb: sample-10BT)
+    split: Name = "train"                    # hub: split name
+    text_field: Name = "text"                # hub/local jsonl/parquet: the column holding text
+    paths: list[PathText] = Field([], max_length=10_000)  # local: files or globs (.txt, .jsonl, .parquet)
+    max_documents: Optional[int] = Field(None, ge=1, le=10**12)  # cap documents read (None = all)
+    max_chars: Optional[int] = Field(None, ge=1, le=10**15)      # cap characters read (None = all)
+    val_fraction: float = Field(0.02, ge=0.001, lt=0.5)  # share held out for validation (0.001-0.5): whole documents
+    # by a seeded hash, or each document's tail when documents are few (stages/data/sources.py, docs/tokenizer.md)
+    shard_tokens: int = Field(10_000_000, ge=1000, le=BIG)  # tokens per memmap shard (held in memory while built)
+    num_workers: int = Field(0, ge=0, le=1024)         # tokenizing processes; 0 = all cores
 
 
 class Model(Section):
     """Size dial for a model built from scratch (pretrain)."""
     arch: Literal["llama", "gpt2"] = "llama"  # HF architecture
-    n_layer: int = Field(4, ge=1)             # transformer blocks
-    n_embd: int = Field(128, ge=8)            # hidden width
-    n_head: int = Field(4, ge=1)              # attention heads
-    n_kv_head: Optional[int] = None           # llama GQA heads; None = n_head
-    mlp_ratio: float = Field(4.0, gt=0)       # MLP width / hidden width
-    seq_len: int = Field(256, ge=8)           # context length (tokens)
+    n_layer: int = Field(4, ge=1, le=1024)    # transformer blocks
+    n_embd: int = Field(128, ge=8, le=65_536)  # hidden width
+    n_head: int = Field(4, ge=1, le=1024)     # attention heads
+    n_kv_head: Optional[int] = Field(None, ge=1, le=1024)  # llama GQA heads; None = n_head
+    mlp_ratio: float = Field(4.0, gt=0, le=64)  # MLP width / hidden width
+    seq_len: int = Field(256, ge=8, le=1 << 20)  # context length (tokens), up to 1,048,576
     tie_embeddings: bool = True               # share input/output embeddings
     dropout: float = Field(0.0, ge=0, lt=1)   # gpt2 only
-    vocab_size: Optional[int] = Field(None, ge=1)  # embedding rows; None = the tokenizer's size. Larger pads
+    vocab_size: Optional[int] = Field(None, ge=1, le=1 << 22)  # embedding rows (up to 4,194,304); None = the tokenizer's size. Larger pads
     # them (nanoGPT's 50,304 for GPT-2's 50,257: multiples of 64 suit tensor cores); padded ids are never
     # targets, so training drives their logits down, and our sampler never emits them.
 
 
 # ---------------------------------------------------------------- stages
 class TokenizerStage(Section):
-    from_: Optional[str] = Field(None, alias="from")  # reuse a tokenizer dir / hub id instead of training
-    vocab_size: int = Field(2048, ge=300)     # total vocab: 256 bytes + merges + special tokens
-    max_train_chars: int = Field(50_000_000, ge=1000)  # text fed to BPE training
+    from_: Optional[PathText] = Field(None, alias="from")  # reuse a tokenizer dir / hub id instead of training
+    vocab_size: int = Field(2048, ge=300, le=1 << 20)  # total vocab: 256 bytes + merges + special tokens (300-1,048,576)
+    max_train_chars: int = Field(50_000_000, ge=1000, le=10**11)  # text fed to BPE training (held in memory)
     individual_digits: bool = True            # every digit its own token (helps arithmetic)
-    eval_chars: int = Field(200_000, ge=1000)  # held-out text for the bytes-per-token report
+    eval_chars: int = Field(200_000, ge=1000, le=BIG)  # held-out text for the bytes-per-token report
 
 
 class PretrainStage(Section):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
-    from_: Optional[str] = Field(None, alias="from")  # continue pretraining an HF model dir / hub id
-    max_steps: int = Field(200, ge=1)          # optimizer steps
-    micro_batch_size: int = Field(8, ge=1)     # sequences per forward/backward per process
-    total_batch_tokens: Optional[int] = None   # tokens per optimizer step; None = one micro-batch per process
+    from_: Optional[PathText] = Field(None, alias="from")  # continue pretraining an HF model dir / hub id
+    max_steps: int = Field(200, ge=1, le=STEPS)  # optimizer steps
+    micro_batch_size: int = Field(8, ge=1, le=65_536)  # sequences per forward/backward per process
+    total_batch_tokens: Optional[int] = Field(None, ge=1, le=BIG)  # tokens per optimizer step; None = one micro-batch per process
     optim: Optim = Optim(lr=3e-3, warmup_steps=20)
-    eval_every: int = Field(50, ge=1)          # steps between val-loss / bits-per-byte evals
-    eval_tokens: int = Field(65_536, ge=1)     # val tokens per eval
-    sample_every: int = Field(100, ge=1)       # steps between logged samples
-    checkpoint_every: int = Field(100, ge=1)   # steps between resumable checkpoints
+    eval_every: int = Field(50, ge=1, le=STEPS)  # steps between val-loss / bits-per-byte evals
+    eval_tokens: int = Field(65_536, ge=1, le=100_000_000)  # val tokens per eval (held in memory)
+    sample_every: int = Field(100, ge=1, le=STEPS)  # steps between logged samples
+    checkpoint_every: int = Field(100, ge=1, le=STEPS)  # steps between resumable checkpoints
     keep_checkpoints: bool = False             # keep checkpoints/ in the final dir (else deleted)
     compile: bool = False                      # torch.compile the model (GPU)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
@@ -160,94 +196,94 @@ class PretrainStage(Section):
 
 class SFTStage(Section):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
-    from_: Optional[str] = Field(None, alias="from")  # start from an HF model dir / hub id, not pretrain
-    datasets: list[str] = ["builtin"]          # "builtin", a hub id ("id[:config][@split]"), or a local .jsonl/.json/.parquet path
-    dataset_max_rows: int = Field(20_000, ge=1)  # rows read per hub/local dataset (hub ones stream)
-    builtin_train_per_family: int = Field(2000, ge=1)  # built-in generator: train conversations per family
-    builtin_test_per_family: int = Field(50, ge=1)     # built-in generator: held-out prompts per family
-    families: Families = []                    # built-in task families; [] = all
-    family_weights: Annotated[dict[str, float], AfterValidator(check_family_weights)] = {}  # family -> multiplier on builtin_train_per_family (0-10); missing = 1
+    from_: Optional[PathText] = Field(None, alias="from")  # start from an HF model dir / hub id, not pretrain
+    datasets: list[PathText] = Field(["builtin"], max_length=64)  # "builtin", a hub id ("id[:config][@split]"), or a local .jsonl/.json/.parquet path
+    dataset_max_rows: int = Field(20_000, ge=1, le=100_000_000)  # rows read per hub/local dataset (hub ones stream)
+    builtin_train_per_family: int = Field(2000, ge=1, le=1_000_000)  # built-in generator: train conversations per family
+    builtin_test_per_family: int = Field(50, ge=1, le=10_000)  # built-in generator: held-out prompts per family
+    families: Families = Field([], max_length=64)  # built-in task families; [] = all
+    family_weights: Annotated[dict[Name, Annotated[float, Field(ge=0, le=10)]], AfterValidator(check_family_weights)] = Field({}, max_length=64)  # family -> multiplier on builtin_train_per_family (0-10); missing = 1
     multi_turn_share: float = Field(0.2, ge=0, le=1)  # built-in conversations continued by another task as a 2nd turn
-    system_prompt: Optional[str] = None        # system prompt `lifecycle chat` uses with this model (system_prompt.txt); None = the built-in identity prompt
-    max_length: int = Field(256, ge=16)        # tokens per conversation; longer ones are skipped (counted)
-    max_steps: int = Field(400, ge=1)          # optimizer steps
-    micro_batch_size: int = Field(16, ge=1)    # conversations per forward/backward
-    grad_accum: int = Field(1, ge=1)           # micro-batches per optimizer step
+    system_prompt: Optional[Prose] = None      # system prompt `lifecycle chat` uses with this model (system_prompt.txt); None = the built-in identity prompt
+    max_length: int = Field(256, ge=16, le=GEN_TOKENS)  # tokens per conversation; longer ones are skipped (counted)
+    max_steps: int = Field(400, ge=1, le=STEPS)  # optimizer steps
+    micro_batch_size: int = Field(16, ge=1, le=65_536)  # conversations per forward/backward
+    grad_accum: int = Field(1, ge=1, le=65_536)  # micro-batches per optimizer step
     packing: bool = False                      # pack conversations into max_length rows
     optim: Optim = Optim(lr=1e-3, warmup_steps=20, weight_decay=0.0)
     lora: bool = False                         # train LoRA adapters (peft), merged at the end
-    lora_r: int = Field(16, ge=1)              # LoRA rank
-    lora_alpha: int = Field(32, ge=1)          # LoRA scale numerator
-    eval_max_new_tokens: int = Field(128, ge=1)  # generation budget for the held-out eval
+    lora_r: int = Field(16, ge=1, le=4096)     # LoRA rank
+    lora_alpha: int = Field(32, ge=1, le=65_536)  # LoRA scale numerator
+    eval_max_new_tokens: int = Field(128, ge=1, le=GEN_TOKENS)  # generation budget for the held-out eval
     eval_base: bool = True                     # also evaluate the starting model (base/... metrics)
 
 
 class RMStage(Section):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
-    from_: Optional[str] = Field(None, alias="from")  # init from an HF model dir / hub id, not sft
-    num_prompts: int = Field(200, ge=1)        # prompts to roll out
-    k: int = Field(5, ge=2)                    # completions per prompt (ranked best to worst)
-    temperature: float = Field(1.0, gt=0)      # rollout sampling temperature
+    from_: Optional[PathText] = Field(None, alias="from")  # init from an HF model dir / hub id, not sft
+    num_prompts: int = Field(200, ge=1, le=1_000_000)  # prompts to roll out
+    k: int = Field(5, ge=2, le=256)            # completions per prompt (ranked best to worst)
+    temperature: float = Field(1.0, gt=0, le=100)  # rollout sampling temperature
     top_p: float = Field(1.0, gt=0, le=1)      # rollout nucleus sampling
-    max_new_tokens: int = Field(96, ge=1)      # rollout length
-    families: Families = []                    # built-in task families to roll out; [] = all
-    rankers: Rankers = ["verifier"]            # mix of: verifier, judge, human (from rankings.jsonl)
+    max_new_tokens: int = Field(96, ge=1, le=GEN_TOKENS)  # rollout length
+    families: Families = Field([], max_length=64)  # built-in task families to roll out; [] = all
+    rankers: Rankers = Field(["verifier"], max_length=8)  # mix of: verifier, judge, human (from rankings.jsonl)
     tie_break: Literal["none", "shorter"] = "none"  # verifier: same-tier completions tie, or the shorter wins
-    judge_model: Optional[str] = None          # judge ranker: HF chat model dir / hub id
-    rankings_file: Optional[str] = None        # human ranker: JSONL written by `lifecycle rank`
-    pairs_datasets: list[str] = []             # extra chosen/rejected datasets (hub id or local), as K=2
-    pairs_max_examples: int = Field(10_000, ge=1)  # rows read per pairs dataset
-    max_length: int = Field(512, ge=16)        # tokens per prompt+completion; longer keep their last tokens
-    epochs: int = Field(2, ge=1)               # passes over the ranked prompts
-    prompts_per_batch: int = Field(4, ge=1)    # prompts (each with K completions) per optimizer step, per process
-    process_coef: float = Field(0.0, ge=0)     # weight of the per-token "still on the reference path" loss; 0 = off
+    judge_model: Optional[PathText] = None     # judge ranker: HF chat model dir / hub id
+    rankings_file: Optional[PathText] = None   # human ranker: JSONL written by `lifecycle rank`
+    pairs_datasets: list[PathText] = Field([], max_length=64)  # extra chosen/rejected datasets (hub id or local), as K=2
+    pairs_max_examples: int = Field(10_000, ge=1, le=100_000_000)  # rows read per pairs dataset
+    max_length: int = Field(512, ge=16, le=GEN_TOKENS)  # tokens per prompt+completion; longer keep their last tokens
+    epochs: int = Field(2, ge=1, le=10_000)    # passes over the ranked prompts
+    prompts_per_batch: int = Field(4, ge=1, le=65_536)  # prompts (each with K completions) per optimizer step, per process
+    process_coef: float = Field(0.0, ge=0, le=1000)  # weight of the per-token "still on the reference path" loss; 0 = off
     optim: Optim = Optim(lr=1e-4, warmup_steps=10, weight_decay=0.0)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # prompts held out for pairwise/top-1 accuracy
 
 
 class RLStage(Section):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
-    from_: Optional[str] = Field(None, alias="from")  # policy: an HF model dir / hub id, not sft
+    from_: Optional[PathText] = Field(None, alias="from")  # policy: an HF model dir / hub id, not sft
     algorithm: Literal["grpo", "ppo"] = "grpo"  # grpo: verifiable rewards; ppo: against the RM
-    rewards: Annotated[dict[str, float], AfterValidator(check_reward_parts)] = {}  # reward parts -> weights: verifier, format, rm, module:function; {} = {verifier: 1} (grpo) / {rm: 1} (ppo)
-    families: Families = []                    # built-in task families to train on; [] = all
-    max_steps: int = Field(100, ge=1)          # RL steps: one rollout batch each, then ppo_epochs optimizer steps
-    prompts_per_step: int = Field(8, ge=1)     # prompts per step, per process (N processes sample N x this)
-    micro_batch_size: int = Field(64, ge=1)    # completions per forward/backward (the step's loss spans them all)
-    num_generations: int = Field(8, ge=1)      # G: samples per prompt (GRPO group size)
-    temperature: float = Field(1.0, gt=0)      # sampling temperature
+    rewards: Annotated[dict[Name, Annotated[float, Field(ge=-1000, le=1000)]], AfterValidator(check_reward_parts)] = Field({}, max_length=64)  # reward parts -> weights: verifier, format, rm, module:function; {} = {verifier: 1} (grpo) / {rm: 1} (ppo)
+    families: Families = Field([], max_length=64)  # built-in task families to train on; [] = all
+    max_steps: int = Field(100, ge=1, le=STEPS)  # RL steps: one rollout batch each, then ppo_epochs optimizer steps
+    prompts_per_step: int = Field(8, ge=1, le=65_536)  # prompts per step, per process (N processes sample N x this)
+    micro_batch_size: int = Field(64, ge=1, le=65_536)  # completions per forward/backward (the step's loss spans them all)
+    num_generations: int = Field(8, ge=1, le=1024)  # G: samples per prompt (GRPO group size)
+    temperature: float = Field(1.0, gt=0, le=100)  # sampling temperature
     top_p: float = Field(1.0, gt=0, le=1)      # nucleus sampling
-    max_new_tokens: int = Field(96, ge=1)      # completion budget
+    max_new_tokens: int = Field(96, ge=1, le=GEN_TOKENS)  # completion budget
     optim: Optim = Optim(lr=1e-4, weight_decay=0.0, grad_clip=1.0, schedule="constant")
-    beta: float = Field(0.0, ge=0)             # KL coefficient to the reference policy
-    clip_eps: float = Field(0.2, gt=0)         # PPO/GRPO ratio clip
+    beta: float = Field(0.0, ge=0, le=1000)    # KL coefficient to the reference policy
+    clip_eps: float = Field(0.2, gt=0, le=100)  # PPO/GRPO ratio clip
     scale_rewards: bool = True                 # GRPO: divide advantages by group std (False = Dr. GRPO)
     loss_type: Literal["token", "sequence"] = "token"  # normalise loss per token (DAPO) or per sequence
-    ppo_epochs: Optional[int] = Field(None, ge=1)  # optimizer steps per rollout batch (1-4); None = 1 for grpo (on-policy), 2 for ppo
+    ppo_epochs: Optional[int] = Field(None, ge=1, le=1000)  # optimizer steps per rollout batch (1-4); None = 1 for grpo (on-policy), 2 for ppo
     gamma: float = Field(1.0, ge=0, le=1)      # PPO discount
     lam: float = Field(0.95, ge=0, le=1)       # PPO GAE lambda
-    vf_coef: float = Field(0.1, ge=0)          # PPO value-loss weight
-    cliprange_value: float = Field(0.2, gt=0)  # PPO value clip
-    adaptive_kl_target: Optional[float] = None # PPO adaptive-KL target (None = fixed beta)
-    ptx_coef: float = Field(0.0, ge=0)         # PPO pretraining-mix loss weight
-    monitor_window: int = Field(10, ge=2)      # reward-hacking monitor window (steps)
+    vf_coef: float = Field(0.1, ge=0, le=1000)  # PPO value-loss weight
+    cliprange_value: float = Field(0.2, gt=0, le=1e6)  # PPO value clip
+    adaptive_kl_target: Optional[float] = Field(None, gt=0, le=1000)  # PPO adaptive-KL target (None = fixed beta)
+    ptx_coef: float = Field(0.0, ge=0, le=1000)  # PPO pretraining-mix loss weight
+    monitor_window: int = Field(10, ge=2, le=100_000)  # reward-hacking monitor window (steps)
     stop_on_hacking: bool = False              # stop when proxy reward rises while gold falls
     readiness_min_signal: float = Field(0.1, ge=0, le=1)  # min share of groups with reward variance
     control: bool = True                       # also train the equal-compute SFT control
-    eval_samples: int = Field(4, ge=1)         # k for pass@k in the held-out eval
+    eval_samples: int = Field(4, ge=1, le=1024)  # k for pass@k in the held-out eval
     generation: Literal["auto", "hf", "vllm"] = "auto"  # rollout sampler: auto = vLLM when installed with CUDA, else HF
     vllm_gpu_memory: float = Field(0.3, gt=0, lt=1)  # share of each GPU the colocated vLLM engine may take
-    vllm_max_model_len: int = Field(2048, ge=16)  # vLLM context (prompt + completion tokens)
+    vllm_max_model_len: int = Field(2048, ge=16, le=1 << 20)  # vLLM context (prompt + completion tokens)
 
 
 class EvalSection(Section):
-    max_prompts_per_family: int = Field(50, ge=1)  # held-out prompts per built-in family
-    max_new_tokens: int = Field(128, ge=1)          # generation budget
-    benchmarks: Benchmarks = []                     # gsm8k, arc_easy, arc_challenge, hellaswag, mmlu
-    benchmark_limit: int = Field(200, ge=1)         # questions per benchmark
-    benchmark_files: BenchmarkFiles = {}            # benchmark -> local jsonl/parquet (offline)
-    benchmark_max_new_tokens: int = Field(256, ge=1)  # GSM8K generation budget (working + answer)
-    samples: int = Field(3, ge=0)                   # base-model samples logged per eval
+    max_prompts_per_family: int = Field(50, ge=1, le=10_000)  # held-out prompts per built-in family (1-10,000)
+    max_new_tokens: int = Field(128, ge=1, le=GEN_TOKENS)  # generation budget
+    benchmarks: Benchmarks = Field([], max_length=16)  # gsm8k, arc_easy, arc_challenge, hellaswag, mmlu
+    benchmark_limit: int = Field(200, ge=1, le=1_000_000)  # questions per benchmark
+    benchmark_files: BenchmarkFiles = Field({}, max_length=16)  # benchmark -> local jsonl/parquet (offline)
+    benchmark_max_new_tokens: int = Field(256, ge=1, le=GEN_TOKENS)  # GSM8K generation budget (working + answer)
+    samples: int = Field(3, ge=0, le=1000)          # base-model samples logged per eval
 
 
 # ---------------------------------------------------------------- the stage graph
@@ -265,14 +301,14 @@ def parse_stage(entry, index: int) -> dict:
             known([entry], DEFAULT_CHAIN, "stage (declare a new one as {name: ..., kind: ...})")
         return {"name": entry, "kind": entry, "fields": None}
     if not isinstance(entry, dict) or "name" not in entry:
-        raise ValueError(f"entry {index}: expected a stage name or a mapping with name and kind")
+        raise Unknown(f"entry {index}: expected a stage name or a mapping with name and kind")
     fields = {k: v for k, v in entry.items() if k not in ("name", "kind")}
     name, kind = str(entry["name"]), entry.get("kind")
     if name in DEFAULT_CHAIN:
-        raise ValueError(f"stage '{name}': a default stage is configured in its top-level section '{name}:', "
+        raise Unknown(f"stage '{name}': a default stage is configured in its top-level section '{name}:', "
                          f"not here; list it by name alone")
     if not re.match(STAGE_NAME, name):
-        raise ValueError(f"stage name '{name}': expected a letter, then letters, digits, _ or -")
+        raise Unknown(f"stage name '{name}': expected a letter, then letters, digits, _ or -")
     known([kind], tuple(KIND_SECTION), f"kind for stage '{name}'")
     try:
         KIND_SECTION[kind].model_validate(fields)
@@ -282,16 +318,16 @@ def parse_stage(entry, index: int) -> dict:
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(where.split(".")[-1], list(KIND_SECTION[kind].model_fields), n=1)
             hint = f" — did you mean '{close[0]}'?" if close else ""
-            raise ValueError(f"stage '{name}' ({kind}): unknown key '{where}'{hint}") from None
-        raise ValueError(f"stage '{name}' ({kind}): {where}: {err['msg']}") from None
+            raise Unknown(f"stage '{name}' ({kind}): unknown key '{where}'{hint}") from None
+        raise Unknown(f"stage '{name}' ({kind}): {where}: {err['msg']}") from None
     return {"name": name, "kind": kind, "fields": fields}
 
 
 class Recipe(Section):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]{1,100}$")  # run name: runs/<name>/, W&B group
-    seed: int = 1337                          # global seed
-    output_dir: str = "runs"                  # where runs/<name>/ lives (relative to the cwd)
-    extends: Optional[str] = None             # parent recipe (relative path); this file overrides it
+    name: Annotated[str, AfterValidator(_not_dots)] = Field(..., pattern=r"^[A-Za-z0-9._-]+$", max_length=100)  # run name: runs/<name>/, W&B group (1-100 characters)
+    seed: int = Field(1337, ge=0, le=2**32 - 1)  # global seed (0 to 2^32-1)
+    output_dir: PathText = "runs"             # where runs/<name>/ lives (relative to the cwd)
+    extends: Optional[PathText] = None        # parent recipe (relative path); this file overrides it
     tracking: Tracking = Tracking()
     distributed: Distributed = Distributed()
     data: Data = Data()
@@ -302,7 +338,7 @@ class Recipe(Section):
     rm: RMStage = RMStage()
     rl: RLStage = RLStage()
     eval: EvalSection = EvalSection()
-    stages: Optional[list] = None             # the chain `run` runs, in order: default names and {name, kind, from, ...} declarations; None = the default five
+    stages: Optional[list] = Field(None, max_length=64)  # the chain `run` runs, in order: default names and {name, kind, from, ...} declarations; None = the default five
 
     @model_validator(mode="after")
     def _check_graph(self):
@@ -310,17 +346,17 @@ class Recipe(Section):
         names = [s["name"] for s in chain]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise ValueError(f"stages: two stages named '{twice[0]}'")
+            raise Unknown(f"stages: two stages named '{twice[0]}'")
         for i, stage in enumerate(chain):
             ref = self.from_of(stage["name"])
             if ref is None or ref not in names and not _looks_like_stage(ref, names):
                 continue
             if ref not in names:
                 close = difflib.get_close_matches(ref, names, n=1, cutoff=0.6)
-                raise ValueError(f"stage '{stage['name']}': from '{ref}' is no stage of this recipe and no model dir"
+                raise Unknown(f"stage '{stage['name']}': from '{ref}' is no stage of this recipe and no model dir"
                                  + (f" — did you mean '{close[0]}'?" if close else ""))
             if names.index(ref) >= i:
-                raise ValueError(f"stage '{stage['name']}' takes from '{ref}', which does not come before it "
+                raise Unknown(f"stage '{stage['name']}' takes from '{ref}', which does not come before it "
                                  f"(stages run in the listed order; a cycle cannot run)")
         return self
 

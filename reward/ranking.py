@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.errors import UserError
+from pipeline.files import read_lines
 from reward.ranking_page import read_rankings
 from stages.data.special_tokens import END
 from stages.data.tasks import Task, is_well_formed, score
@@ -205,6 +206,9 @@ def load_pairs(spec: str, limit: int) -> list[Ranked]:
     kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
     if path.exists() and kind is None:
         raise UserError(f"rm.pairs_datasets: '{spec}' must be .jsonl, .json or .parquet")
+    if path.exists() and kind == "json":  # datasets would fail on bad bytes only when a row is read
+        for _ in read_lines(path, "pairs dataset"):
+            pass
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train") if path.exists() \
             else datasets.load_dataset(spec, split="train")

@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.files import read_jsonl
 
 STATIC = Path(__file__).parent / "static" / "ranking.html"
 
@@ -37,16 +38,28 @@ def read_log(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a partial last line from a killed writer: never acknowledged
+    for line_no, rec in read_jsonl(path, "rankings log"):  # a partial last line was never acknowledged
+        _check_event(rec, f"{path}:{line_no}")
         if rec.get("event") in ("rank", "skip"):
             active.setdefault(rec["id"], rec)
         elif rec.get("event") == "undo":
             active.pop(rec.get("target"), None)
     return list(active.values())
+
+
+def _check_event(rec: dict, where: str) -> None:
+    """A rank, skip or undo event must carry what replaying it reads (other events are ignored)."""
+    event = rec.get("event")
+    needs = {"rank": ("id", "prompt_id"), "skip": ("id", "prompt_id"), "undo": ("id", "target")}.get(event, ())
+    if any(not isinstance(rec.get(key), str) for key in needs):
+        raise UserError(f"{where}: expected a {event} event with {' and '.join(repr(k) for k in needs)} strings")
+    if event == "rank":
+        order, completions = rec.get("order"), rec.get("completions")
+        if (not isinstance(completions, list) or not all(isinstance(c, str) for c in completions)
+                or not isinstance(order, list) or not all(type(i) is int for i in order)
+                or sorted(order) != list(range(len(completions)))):
+            raise UserError(f"{where}: expected a rank event with 'completions' (texts) and 'order', "
+                            "a permutation of their indices")
 
 
 def read_rankings(path: str | Path) -> list[dict]:
@@ -59,15 +72,11 @@ def load_prompts(rollouts_path: str | Path) -> list[dict]:
     if not path.is_file():
         raise UserError(f"{path}: no rollouts file; run `lifecycle rollouts RECIPE` first")
     prompts, seen = [], set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # partial last line of an interrupted rollout run
-        if "id" not in rec or not isinstance(rec.get("completions"), list):
-            raise UserError(f"{path}:{n}: expected a rollout record with 'id' and 'completions'")
+    for n, rec in read_jsonl(path, "rollout"):  # a partial last line of an interrupted rollout run is left out
+        completions = rec.get("completions")
+        if (not isinstance(rec.get("id"), str) or not isinstance(completions, list)
+                or not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in completions)):
+            raise UserError(f"{path}:{n}: expected a rollout record with 'id' and 'completions' (objects with a 'text')")
         if rec["id"] not in seen:
             seen.add(rec["id"])
             prompts.append(rec)
@@ -90,12 +99,7 @@ class RankingLog:
             fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"{self.path}: another ranking server is using this log") from None
-        self.seen_ids: set[str] = set()
-        for line in self.path.read_text().splitlines():
-            try:
-                self.seen_ids.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError):
-                pass
+        self.seen_ids: set[str] = {rec["id"] for _, rec in read_jsonl(self.path, "rankings log") if "id" in rec}
         self.active = read_log(self.path)
 
     def _cut_partial_line(self) -> None:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.artifacts import read_manifest
-from pipeline.commands.status import KEY_METRICS
+from pipeline.artifacts import KEY_METRICS, read_manifest
 
 DATA_KEYS = ("source", "dataset", "config_name", "paths", "families", "tasks", "datasets")
 

@@ -53,3 +53,26 @@ def peeks_at_rl(recipe, inputs, ctx):
 def any_stage(recipe, inputs, ctx):
     """Stands in for any real stage kind: records its inputs, so graph tests can run whole chains fast."""
     return _write(ctx, inputs, ctx.stage)
+def noisy(recipe, inputs, ctx):
+    """What real stages do that prints by itself: save and load a transformers model (progress bars),
+    tokenize shards (our tqdm bar), and libraries warning."""
+    import logging
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.schema import Data, Model
+    from stages.data.shards import build_shards
+    from stages.lm.bpe import train_bpe
+    from stages.lm.model import build_model
+    tokenizer = train_bpe(["a little text to learn merges from, 123"] * 20, vocab_size=300)
+    build_model(Model(n_layer=1, n_embd=16, n_head=2, seq_len=16), tokenizer).save_pretrained(ctx.out_dir / "m")
+    AutoModelForCausalLM.from_pretrained(ctx.out_dir / "m")
+    corpus = ctx.out_dir / "corpus.txt"
+    corpus.write_text("Some words to tokenize, and more words.\n" * 200)
+    build_shards(Data(source="local", paths=[str(corpus)], num_workers=1), 0, tokenizer, ctx.out_dir / "shards",
+                 log=ctx.log, progress_bar=True)
+    warnings.warn("a library's deprecation notice", UserWarning)
+    logging.getLogger("transformers.modeling_utils").warning("a library's log record")
+    ctx.tracker.log({"train/loss": 1.0}, step=1, total=1)
+    return {"eval/value": 1.0}

@@ -85,3 +85,15 @@ def test_unreachable_hub_and_missing_files_are_user_errors(tmp_path):
         load_conversations(str(tmp_path / "missing.jsonl"), SkipReport())
     with pytest.raises(UserError, match="neither"):
         load_conversations("not-a-dataset", SkipReport())
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("c.jsonl", json.dumps(GOOD).encode() + b"\n" + "{\"caf\u00e9\": 1}".encode("latin-1") + b"\n", r"c.jsonl:2: not UTF-8"),
+    ("c.jsonl", b"\x00\x01\x02\x03 binary\n", r"c.jsonl:1: control character 0x00"),
+    ("c.json", b'[{"messages": []},\n {oops}]', r"c.json:2: not valid JSON"),
+    ("c.parquet", b"not parquet at all", r"c.parquet: not a readable parquet file"),
+])
+def test_wrong_or_binary_files_are_one_line_errors(tmp_path, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(UserError, match=message):
+        load_conversations(str(tmp_path / name), SkipReport())

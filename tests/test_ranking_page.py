@@ -70,6 +70,20 @@ def test_partial_line_cut_and_single_writer(tmp_path):
     assert [r["id"] for r in lines(out)] == ["a", "b"]
 
 
+@pytest.mark.parametrize("record, message", [
+    ({"event": "rank", "id": "a", "prompt_id": "p0", "order": [0, 2], "completions": ["x", "y"]}, "expected a rank event .* a permutation"),
+    ({"event": "undo", "id": "a"}, "expected a undo event with 'id' and 'target' strings"),
+])
+def test_a_bad_rankings_log_names_the_line(tmp_path, record, message):
+    log = tmp_path / "rank.jsonl"
+    log.write_text(json.dumps({"event": "skip", "id": "s", "prompt_id": "p1"}) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(UserError, match=f"rank.jsonl:2: {message}"):
+        read_rankings(log)
+    log.write_bytes(b'{"event": "skip", "id": "s", "prompt_id": "p\xff"}\n')
+    with pytest.raises(UserError, match=r"rank.jsonl:1: not UTF-8"):
+        read_rankings(log)
+
+
 def test_missing_rollouts_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="lifecycle rollouts"):
         load_prompts(tmp_path / "nope.jsonl")

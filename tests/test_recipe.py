@@ -36,12 +36,22 @@ MALFORMED = [
     ("seed: 3\n", "{path}: name: required key is missing"),
     ("name: t\nmodel:\n  arch: llama\n  n_layer: [1, 2]\n", "{path}:4: model.n_layer: expected an integer, got [1, 2]"),
     ("name: t\ntracking:\n  wandb: maybe\n", "{path}:3: tracking.wandb: expected true or false, got 'maybe'"),
-    ("name: 'bad name'\n", "{path}:1: name: expected a string matching ^[A-Za-z0-9._-]{{1,100}}$, got 'bad name'"),
+    ("name: 'bad name'\n", "{path}:1: name: expected a string matching ^[A-Za-z0-9._-]+$, got 'bad name'"),
     ("name: t\ndata: [1, 2]\n", "{path}:2: data: expected a mapping, got [1, 2]"),
     ("- just\n- a list\n", "{path}: expected a mapping of recipe keys, got list"),
     ("", "{path}: recipe is empty; expected a mapping with at least `name:`"),
     ("name: t\nsft:\n  max_steps: 3\n   bad: indent\n", "{path}:4:7: invalid YAML: mapping values are not allowed here"),
     ("name: t\nextends: nope.yaml\n", "{dir}/nope.yaml: recipe file not found"),
+    ("name: " + "x" * 100_000 + "\n",
+     "{path}:1: name: expected a string of at most 100 characters, got 'xxxxxxxxxxxxxxxxxxxxxxxxxxx...xxxxxxxxxxxxxxxxxxxxxxxxxxxx'"),
+    ("name: '..'\n", "{path}:1: name: expected a run name, not a path such as '.' or '..', got '..'"),
+    ("name: t\neval: {max_prompts_per_family: 1000000000000}\n",
+     "{path}:2: eval.max_prompts_per_family: expected a value <= 10000, got 1000000000000"),
+    ("name: t\nsft: {optim: {lr: .nan}}\n", "{path}:2: sft.optim.lr: expected a finite number, got nan"),
+    ("name: t\noutput_dir: \"runs\\0x\"\n",
+     "{path}:2: output_dir: expected text without control characters (found 0x00), got 'runs\\x00x'"),
+    ("name: t\nseed: 2024-13-45\n", "{path}: invalid YAML value: month must be in 1..12"),
+    ("name: t\ndata: {paths: " + "[" * 5000 + "]" * 5000 + "}\n", "{path}: invalid YAML: nested too deeply"),
 ]
 
 
@@ -59,6 +69,29 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {path}:4: sft.optim.lrr: unknown key — did you mean 'lr'?"
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"name: t\nseed: \x00\x01\x02\n", "{path}:2: control character 0x00 at column 7; expected plain text"),
+    ("name: t\n# café\n".encode("latin-1"), "{path}:2: not UTF-8 (byte 0xe9 at column 6); expected UTF-8 text"),
+    (b"name: t\n" + b"#" * (1 << 20) + b"\n", "{path}: 1.0 MiB is too large for a recipe (limit 1.0 MiB)"),
+])
+def test_bad_bytes_and_sizes_are_one_line_errors(tmp_path, data, expected):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(data)
+    with pytest.raises(UserError) as info:
+        load_recipe(path)
+    assert str(info.value).startswith(expected.format(path=path))
+
+
+def test_overrides_are_bounded_and_checked_too(tmp_path):
+    path = write(tmp_path, "name: t\n")
+    with pytest.raises(UserError, match=r"rm.k: expected a value <= 256, got 100000"):
+        load_recipe(path, ["rm.k=100000"])
+    with pytest.raises(UserError, match=r"seed: expected a value <= 4294967295"):
+        load_recipe(path, ["seed=99999999999999999999999"])
+    with pytest.raises(UserError, match=r"seed: expected an integer, got '2024-13-45'"):  # not YAML: a string
+        load_recipe(path, ["seed=2024-13-45"])
 
 
 def test_cli_missing_recipe_file(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline.commands import rollouts as rollouts_cmd
+from pipeline.errors import UserError
 from stages.lm.generation import Completion
 from stages.policy_gradient import rollout
 from stages.rm import rollouts
@@ -101,3 +102,21 @@ def test_rollouts_cli(tmp_path, tiny_model, tiny_tokenizer):
     assert rollouts_cmd.main(args) == 0
     records = rollouts.read_rollouts(tmp_path / "runs" / "t" / "rollouts.jsonl")
     assert len(records) == 3 and {r["family"] for r in records} == {"arithmetic"}
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"id": "p0", "completions": []}\n{"id": "p1", "compl\n{"id": "p2", "completions": []}\n',
+     r"r.jsonl:2: not valid JSON; expected one rollout record"),
+    (b'{"id": "p0", "completions": [{"text": 5}]}\n', r"r.jsonl:1: expected a rollout record"),
+    (b'["p0"]\n', r"r.jsonl:1: a JSON list; expected a rollout record"),
+    (b'{"id": "p0", "completions": [{"text": "caf\xe9"}]}\n', r"r.jsonl:1: not UTF-8"),
+])
+def test_read_rollouts_names_the_bad_line(tmp_path, data, message):
+    (tmp_path / "r.jsonl").write_bytes(data)
+    with pytest.raises(UserError, match=message):
+        rollouts.read_rollouts(tmp_path / "r.jsonl")
+
+
+def test_read_rollouts_leaves_out_a_partial_last_line(tmp_path):
+    (tmp_path / "r.jsonl").write_bytes(b'{"id": "p0", "completions": [{"text": "a"}]}\n{"id": "p1", "comp')
+    assert [r["id"] for r in rollouts.read_rollouts(tmp_path / "r.jsonl")] == ["p0"]

@@ -208,3 +208,22 @@ def test_changing_sft_makes_rl_stale_even_when_rl_starts_elsewhere(tmp_path):
     assert list(before) == ["rl"]
     assert before["rl"] != after["rl"]
     assert fingerprints("rm.k=3")["rl"] == before["rl"]  # what rl does not read leaves it up to date
+def test_bad_local_data_fails_before_anything_is_written(tmp_path):
+    from pipeline.runner import STAGES
+    (tmp_path / "corpus.txt").write_bytes("Caf\xe9 au lait\n".encode("latin-1"))
+    runner = make_runner(tmp_path, "data.source=local", f"data.paths=[{tmp_path / 'corpus.txt'}]", stages=STAGES)
+    with pytest.raises(UserError, match=r"corpus.txt:1: not UTF-8 \(byte 0xe9 at column 4\)"):
+        runner.run(["pretrain"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_off_a_terminal_a_stage_prints_our_lines_and_no_library_bars(tmp_path, capfd):
+    stages = (StageSpec("tokenizer", "tests.fake_stages:noisy", ("seed",), lambda r: {}),)
+    make_runner(tmp_path, stages=stages).run()
+    out, err = capfd.readouterr()
+    assert "tokenizer | step 1/1 | loss 1 | eta" in out
+    for mark in ("%|", "it/s", "█", "docs/s", "Loading weights", "Warning"):
+        assert mark not in out + err, mark
+    log = (tmp_path / "runs" / "t" / "tokenizer" / "log.txt").read_text()
+    assert "a library's deprecation notice" in log and "a library's log record" in log
+    assert "tokenizer | step 1/1" in log

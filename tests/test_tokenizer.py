@@ -68,6 +68,26 @@ def test_stage_reports_compression_and_saves_a_transformers_dir(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["eval/bytes_per_token"] > 2
 
 
+def test_stage_on_a_single_small_txt_file_at_the_default_val_fraction(tmp_path):
+    from itertools import islice
+
+    from pipeline.context import StageContext
+    from pipeline.schema import Recipe
+    from pipeline.tracking import Tracker
+    from stages.data.sources import embedded_documents
+    from stages.tokenizer import run
+    book = tmp_path / "input.txt"
+    book.write_text("\n".join(islice(embedded_documents(), 12)))  # one ~40 KB file: one document
+    recipe = Recipe(name="t", data={"source": "local", "paths": [str(book)]}, tokenizer={"vocab_size": 400})
+    assert recipe.data.val_fraction == 0.02
+    out = tmp_path / "tok"
+    ctx = StageContext(stage="tokenizer", out_dir=out, run_dir=tmp_path, seed=0,
+                       tracker=Tracker("tokenizer", out, tmp_path, "t", {}, None, echo=False))
+    metrics = run(recipe, {}, ctx)
+    assert 1.2 < metrics["eval/bytes_per_token"] < 6.0  # merges compress the held-out tail (vocab 400)
+    assert "held-out compression" in (out / "log.txt").read_text()
+
+
 def test_tokenize_cli_shows_pieces_and_ids(tmp_path, tiny_tokenizer, capsys):
     import argparse
 

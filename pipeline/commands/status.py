@@ -1,18 +1,10 @@
 """`lifecycle status RECIPE`: one row per stage: state, wall time, key metrics, path."""
 from __future__ import annotations
 
+from pipeline.artifacts import KEY_METRICS
 from pipeline.commands import recipe_arguments
 from pipeline.recipe import load_recipe
 from pipeline.runner import Runner, status_rows
-
-# What `lifecycle status` shows first for each stage (then any other eval/ metrics).
-KEY_METRICS = {
-    "tokenizer": ["eval/bytes_per_token"],
-    "pretrain": ["eval/val_bpb", "baseline/bigram_bpb"],
-    "sft": ["eval/acc", "eval/format", "eval/acc/arithmetic"],
-    "rm": ["eval/pairwise_acc", "eval/top1_acc", "eval/n_pairs"],
-    "rl": ["eval/acc", "eval/acc/arithmetic", "before/eval/acc/arithmetic"],
-}
 
 
 def add_arguments(p) -> None:

@@ -26,6 +26,7 @@ from typing import Iterator
 import datasets
 
 from pipeline.errors import UserError
+from pipeline.files import GiB, check_file, read_lines, read_text
 from stages.data.chat import check_roles
 from stages.data.special_tokens import SPECIAL_TOKENS
 
@@ -33,6 +34,7 @@ HUB_DEFAULTS = {"HuggingFaceTB/smoltalk": ("all", "train"), "HuggingFaceH4/ultra
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "model": "assistant"}
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+MAX_JSON_BYTES = 1 * GiB  # a .json file is parsed whole; .jsonl and .parquet are streamed
 
 
 class SkipReport:
@@ -96,24 +98,51 @@ def normalise_row(row) -> tuple[list[dict] | None, str | None]:
 
 
 def _local_rows(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, row) of a local file. Bad bytes or encoding (a wrong or binary file) raise; a row that is
+    not JSON comes back as a ValueError, to be skipped and reported like any other bad row."""
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{line_no}", json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"{path}:{line_no}", ValueError(f"bad JSON: {exc.msg} at column {exc.colno}")
+        for line_no, line in read_lines(path, "conversation dataset"):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{line_no}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield f"{path}:{line_no}", ValueError(f"bad JSON: {exc.msg} at column {exc.colno}")
+            except RecursionError:
+                yield f"{path}:{line_no}", ValueError("bad JSON: nested too deeply")
     elif path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
-            raise UserError(f"sft.datasets: {path} holds a JSON {type(data).__name__}; expected a list of conversations")
-        yield from ((f"{path}:[{i}]", row) for i, row in enumerate(data))
+        yield from _json_rows(path)
     else:
-        import pyarrow.parquet as pq
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}:row {i}", row
+        yield from _parquet_rows(path)
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, object]]:
+    text = read_text(path, "conversation dataset (.json; use .jsonl for bigger ones)", MAX_JSON_BYTES)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); expected a list of conversations") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply; expected a list of conversations") from None
+    if not isinstance(data, list):
+        raise UserError(f"sft.datasets: {path} holds a JSON {type(data).__name__}; expected a list of conversations")
+    yield from ((f"{path}:[{i}]", row) for i, row in enumerate(data))
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    check_file(path, "conversation dataset")
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        i = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield f"{path}:row {i}", row
+                i += 1
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{path}: not a readable parquet file ({first}); expected a 'messages' column") from None
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:

@@ -27,6 +27,7 @@ import numpy as np
 from tokenizers import Tokenizer, pre_tokenizers
 
 from pipeline.errors import UserError
+from pipeline.logging_setup import is_terminal
 from stages.data.sources import iter_split
 
 CHUNK_CHARS = 1 << 18  # documents per tokenizing task: about this many characters
@@ -172,7 +173,8 @@ def _run_tasks(tasks, tokenizer, workers: int, progress_bar: bool):
     """Tokenize tasks in order, in `workers` processes, with at most 2 tasks per worker in flight."""
     from tqdm import tqdm
     init_args = (tokenizer.backend_tokenizer.to_str(), tokenizer.bos_token_id)
-    bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress_bar, mininterval=1.0)
+    # a bar for people at a terminal only: in a log file its redraws are noise (the log line says it all)
+    bar = tqdm(desc="tokenizing", unit=" docs", disable=not (progress_bar and is_terminal()), mininterval=1.0)
     if workers <= 1:
         _init_worker(*init_args)
         for task in tasks:

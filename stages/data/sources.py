@@ -6,18 +6,29 @@
     data: {source: local, paths: ["corpus/*.txt", "more.jsonl", "web.parquet"]}
 
 `iter_documents(cfg)` yields documents (str) in a fixed order. `iter_split(cfg, seed)` tags each with
-its split: a document is held out for validation iff a seeded hash of its text falls below
-`val_fraction`, so the split is deterministic, needs no shuffle buffer (streams of billions of
-documents work) and does not depend on document order. `split_documents` materialises both lists.
+its split, one of two deterministic ways:
+- many documents (the hash split would hold out >= MIN_VAL_DOCUMENTS of them): a document is held
+  out for validation iff a seeded hash of its text falls below `val_fraction`. It needs no shuffle
+  buffer (streams of billions of documents work) and does not depend on document order or on what
+  else is in the corpus; the embedded corpus (1,189 chapters at 0.02) is split this way.
+- few documents (fewer than MIN_VAL_DOCUMENTS / val_fraction, e.g. one book as a .txt file): every
+  document gives its last `val_fraction` of characters (cut at the nearest line break) to validation
+  and keeps the rest for training, so a single file works at the default val_fraction.
+The choice looks ahead at most MIN_VAL_DOCUMENTS / val_fraction documents. `split_documents`
+materialises both lists.
 
 Local .txt files: one document per file, except that files over ~100k characters are cut at blank
-lines into ~100k-character documents (so a single book still has something to hold out).
+lines into ~100k-character documents (so a single book still has something to hold out). Local files
+are read through pipeline.files: not UTF-8, control characters in a .txt, a bad JSON line or a
+missing field is one error naming file:line.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
+import math
 import os
 import re
 import socket
@@ -28,9 +39,13 @@ from urllib.parse import urlparse
 import datasets
 
 from pipeline.errors import UserError
+from pipeline.files import check_file, read_blocks, read_lines
 
 FINEWEB = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 TXT_DOC_CHARS = 100_000  # split longer .txt files at blank lines into documents of about this size
+TXT_MAX_DOC_CHARS = 1_000_000  # a .txt with no blank line for this long is cut at a line break (or here)
+MIN_VAL_DOCUMENTS = 10   # fewer expected held-out documents than this: split each document by position
+PREFLIGHT_BYTES = 8 << 20  # local data up to this size is read whole before a stage starts; bigger, each file's head
 
 
 def embedded_documents() -> Iterator[str]:
@@ -111,60 +126,101 @@ def local_paths(patterns: list[str]) -> list[Path]:
                 continue
             if path.suffix not in (".txt", ".jsonl", ".parquet"):
                 raise UserError(f"data.paths: '{path}' is not .txt, .jsonl or .parquet")
+            check_file(path, "data file")
             out.append(path)
     return out
 
 
-def _txt_documents(path: Path) -> Iterator[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if len(text) <= TXT_DOC_CHARS:
-        if text.strip():
+def _txt_documents(path: Path, max_bytes: int | None = None) -> Iterator[str]:
+    """A .txt file, streamed, as documents: the whole file, or ~TXT_DOC_CHARS pieces cut at blank lines
+    (then "\\n\\n".join(documents) == the file)."""
+    buffer = ""
+    for block in read_blocks(path, "data file", max_bytes=max_bytes):
+        buffer += block
+        while len(buffer) > TXT_DOC_CHARS:
+            cut = _txt_cut(buffer)
+            if cut is None:
+                break
+            doc, buffer = buffer[:cut[0]], buffer[cut[1]:]
+            if doc.strip():
+                yield doc
+    if buffer.strip():
+        yield buffer
+
+
+def _txt_cut(buffer: str) -> tuple[int, int] | None:
+    """(end of the next document, start of the rest): the first blank line at or past TXT_DOC_CHARS - 2
+    characters, the separator dropped; with no blank line for TXT_MAX_DOC_CHARS, after the last line
+    break before that (or right there). None: read more first."""
+    blank = buffer.find("\n\n", TXT_DOC_CHARS - 2, TXT_MAX_DOC_CHARS + 1)
+    if blank >= 0:
+        return blank, blank + 2
+    if len(buffer) < TXT_MAX_DOC_CHARS + 2:
+        return None
+    line = buffer.rfind("\n", TXT_DOC_CHARS, TXT_MAX_DOC_CHARS)
+    end = line + 1 if line >= 0 else TXT_MAX_DOC_CHARS
+    return end, end
+
+
+def _jsonl_documents(path: Path, field: str, max_bytes: int | None = None) -> Iterator[str]:
+    read = 0
+    for line_no, line in read_lines(path, "JSONL data file"):
+        read += len(line) + 1
+        if max_bytes is not None and read > max_bytes:
+            return
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise UserError(f"{path}:{line_no}: not valid JSON; expected one object per line") from None
+        if not isinstance(row, dict) or field not in row:
+            raise UserError(f"{path}:{line_no}: no '{field}' field (set data.text_field)")
+        text = row[field]
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"{path}:{line_no}: '{field}' is {type(text).__name__}; expected a string of text")
+        if text:
             yield text
-        return
-    chunk: list[str] = []
-    size = 0
-    for para in text.split("\n\n"):  # rejoined with the same separator: documents concatenate to the file
-        chunk.append(para)
-        size += len(para) + 2
-        if size >= TXT_DOC_CHARS:
-            yield "\n\n".join(chunk)
-            chunk, size = [], 0
-    if "".join(chunk).strip():
-        yield "\n\n".join(chunk)
 
 
-def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{line_no}: not valid JSON; expected one object per line") from None
-            if not isinstance(row, dict) or field not in row:
-                raise UserError(f"{path}:{line_no}: no '{field}' field (set data.text_field)")
-            if row[field]:
-                yield str(row[field])
-
-
-def _parquet_documents(path: Path, field: str) -> Iterator[str]:
+def _parquet_documents(path: Path, field: str, max_rows: int | None = None) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    pf = pq.ParquetFile(path)
-    if field not in pf.schema_arrow.names:
-        raise UserError(f"{path}: no column '{field}' (set data.text_field); columns: {', '.join(pf.schema_arrow.names)}")
-    for batch in pf.iter_batches(columns=[field], batch_size=4096):
-        yield from (t for t in batch.column(0).to_pylist() if t)
+    check_file(path, "parquet data file")
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise UserError(f"{path}: not a readable parquet file ({_first_line(exc)})") from None
+    if field not in schema.names:
+        raise UserError(f"{path}: no column '{field}' (set data.text_field); columns: {', '.join(schema.names)}")
+    kind = schema.field(field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise UserError(f"{path}: column '{field}' holds {kind}; expected strings of text")
+    rows = pf.iter_batches(columns=[field], batch_size=4096 if max_rows is None else max_rows)
+    try:
+        for batch in itertools.islice(rows, None if max_rows is None else 1):
+            yield from (t for t in batch.column(0).to_pylist() if t)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read column '{field}' ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def file_documents(path: Path, text_field: str, head_bytes: int | None = None) -> Iterator[str]:
+    """The documents of one local file; with head_bytes only those of about its first head_bytes."""
+    if path.suffix == ".txt":
+        return _txt_documents(path, head_bytes)
+    if path.suffix == ".jsonl":
+        return _jsonl_documents(path, text_field, head_bytes)
+    return _parquet_documents(path, text_field, None if head_bytes is None else 1024)
 
 
 def local_documents(patterns: list[str], text_field: str) -> Iterator[str]:
     for path in local_paths(patterns):
-        if path.suffix == ".txt":
-            yield from _txt_documents(path)
-        elif path.suffix == ".jsonl":
-            yield from _jsonl_documents(path, text_field)
-        else:
-            yield from _parquet_documents(path, text_field)
+        yield from file_documents(path, text_field)
 
 
 # ---------------------------------------------------------------- dispatch + split
@@ -198,9 +254,42 @@ def is_val(doc: str, seed: int, val_fraction: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < val_fraction
 
 
+def lookahead(val_fraction: float) -> int:
+    """Documents read before choosing the split: the hash split is used iff there are at least this many."""
+    return math.ceil(MIN_VAL_DOCUMENTS / val_fraction - 1e-9)
+
+
+def split_by_position(doc: str, val_fraction: float) -> list[tuple[bool, str]]:
+    """[(False, head), (True, tail)]: the tail is the document's last val_fraction of characters, its
+    start moved to the nearest line start (else word start) within a tenth of the tail's length."""
+    n_val = round(len(doc) * val_fraction)
+    if n_val == 0:
+        return [(False, doc)]
+    cut = _nearest_break(doc, len(doc) - n_val, max(1, n_val // 10))
+    return [(held_out, part) for held_out, part in ((False, doc[:cut]), (True, doc[cut:])) if part.strip()]
+
+
+def _nearest_break(doc: str, ideal: int, window: int) -> int:
+    """The line start (else the position after a space) closest to `ideal` within `window`, else `ideal`."""
+    for sep in ("\n", " "):
+        before = doc.rfind(sep, max(0, ideal - window - 1), ideal)
+        after = doc.find(sep, ideal - 1, min(len(doc), ideal + window))
+        options = [p + 1 for p in (before, after) if p >= 0]
+        if options:
+            return min(options, key=lambda p: (abs(p - ideal), p))
+    return ideal
+
+
 def iter_split(cfg, seed: int) -> Iterator[tuple[bool, str]]:
-    """(is_val, document) for every document, in source order."""
-    for doc in iter_documents(cfg):
+    """(is_val, text) for every document (hash split) or every document's head and tail (position
+    split, when the corpus has fewer than lookahead(val_fraction) documents), in source order."""
+    docs = iter_documents(cfg)
+    head = list(itertools.islice(docs, lookahead(cfg.val_fraction)))
+    if len(head) < lookahead(cfg.val_fraction):
+        for doc in head:
+            yield from split_by_position(doc, cfg.val_fraction)
+        return
+    for doc in itertools.chain(head, docs):
         yield is_val(doc, seed, cfg.val_fraction), doc
 
 
@@ -214,3 +303,21 @@ def split_documents(cfg, seed: int) -> tuple[list[str], list[str]]:
                         f"{'validation' if not val else 'training'} split at val_fraction {cfg.val_fraction}; "
                         "add documents or change data.val_fraction")
     return train, val
+
+
+def preflight(recipe) -> None:
+    """Before a stage that reads the data writes anything: local files exist and read as documents.
+
+    Local data up to PREFLIGHT_BYTES in all is read whole and split (so a corpus too small to hold
+    anything out fails here); bigger data is checked on each file's first PREFLIGHT_BYTES, and what
+    lies beyond fails, just as clearly, when the stage reads it."""
+    cfg = recipe.data
+    if cfg.source != "local":
+        return
+    paths = local_paths(cfg.paths)
+    if sum(p.stat().st_size for p in paths) <= PREFLIGHT_BYTES:
+        split_documents(cfg, recipe.seed)
+        return
+    for path in paths:
+        for _ in file_documents(path, cfg.text_field, head_bytes=PREFLIGHT_BYTES):
+            pass

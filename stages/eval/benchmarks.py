@@ -26,6 +26,7 @@ import datasets
 import torch
 
 from pipeline.errors import UserError
+from pipeline.files import read_lines
 from stages.data.chat import render_prompt
 from stages.lm.generation import generate
 
@@ -74,7 +75,14 @@ def load_rows(name: str, data_file: str | None = None, limit: int | None = None)
         builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
         if builder is None:
             raise UserError(f"--data-file {data_file}: unsupported extension '{path.suffix}'; expected .jsonl or .parquet")
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        if builder == "json":  # datasets would fail on bad bytes only when a row is read, with a traceback
+            for _ in read_lines(path, f"{name} benchmark file"):
+                pass
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as exc:  # datasets raises many types (bad JSON, not UTF-8, not parquet)
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"--data-file {data_file}: cannot read it as {builder} ({type(exc).__name__}: {first})") from None
     else:
         try:
             ds = datasets.load_dataset(bench.hub_id, bench.config, split=bench.split)

@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from pipeline.errors import UserError
+from pipeline.files import read_jsonl
 from stages.data.chat import render_prompt
 from stages.data.special_tokens import END
 from stages.data.tasks import FAMILIES, make_tasks
@@ -69,16 +71,22 @@ def rollout_tasks(families: list[str], num_prompts: int, seed: int) -> list:
 
 # ---------------------------------------------------------------- the rollouts file
 def read_rollouts(path: str | Path) -> list[dict]:
-    """Complete records of a rollouts file (a partial last line from a kill is ignored)."""
-    out = []
+    """Complete records of a rollouts file (a partial last line from a kill is ignored); bad bytes, a
+    broken line elsewhere or a record without id and completions is a UserError naming file:line."""
     path = Path(path)
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return out
+    if not path.is_file():
+        return []
+    return [check_rollout(record, f"{path}:{line_no}") for line_no, record in read_jsonl(path, "rollout")]
+
+
+def check_rollout(record: dict, where: str) -> dict:
+    """`record` if it is a rollout: an 'id' and a list of completions, each with its 'text'."""
+    completions = record.get("completions")
+    if (not isinstance(record.get("id"), str) or not isinstance(completions, list)
+            or not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in completions)):
+        raise UserError(f"{where}: expected a rollout record: an 'id' string and 'completions', "
+                        "a list of objects with a 'text' string")
+    return record
 
 
 def _reusable(path: Path, policy: str, sampling: dict, expected_ids: list[str]) -> list[dict]:
