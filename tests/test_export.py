@@ -179,8 +179,9 @@ def test_llama_cpp_runs_the_f32_export_like_transformers(tmp_path, tiny_tokenize
                 p.normal_(0.0, 0.3)
     model.eval()
     export_gguf(model, tok, tmp_path / "m.gguf", "f32")
+    f32 = llama_cpp.GGML_TYPE_F32                # llama.cpp's KV cache is f16 by default: ~1e-3 off alone
     llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=128, logits_all=True, verbose=False,
-                          n_threads=2, seed=0)
+                          n_threads=2, seed=0, type_k=f32, type_v=f32)
     assert llm.metadata["tokenizer.chat_template"] == gguf_chat_template(tok.chat_template)
     text = "In the beginning 123 + 456 = 579. The quick brown fox: strawberry 9.11 > 9.9?"
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok(text, add_special_tokens=False)["input_ids"]
@@ -200,4 +201,5 @@ def test_llama_cpp_runs_the_f32_export_like_transformers(tmp_path, tiny_tokenize
     # llama-cpp-python's own chat path: it renders the template from the file (plain Jinja) and stops at <|end|>
     answer = llm.create_chat_completion([{"role": "user", "content": "What is 2 + 3?"}], temperature=0.0,
                                         max_tokens=len(greedy.completion_ids), repeat_penalty=1.0)
-    assert answer["choices"][0]["message"]["content"] == tok.decode(greedy.completion_ids, skip_special_tokens=True)
+    expected = tok.decode(greedy.completion_ids, skip_special_tokens=True).replace("\ufffd", "")  # it drops bad bytes
+    assert answer["choices"][0]["message"]["content"] == expected and len(expected) > 5
