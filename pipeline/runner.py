@@ -59,6 +59,11 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("rl", "stages.rl:run", ("seed", "rl", "eval", "sft"), _rl_inputs),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+# Stage kinds that run only when a recipe declares them (the recipe graph); until then, for tests and
+# `Runner(recipe, path, stages=STAGES + OPTIONAL_STAGES)`.
+OPTIONAL_STAGES: tuple[StageSpec, ...] = (
+    StageSpec("dpo", "stages.dpo:run", ("seed", "dpo", "eval"), lambda r: _upstream(r, "dpo", "model", "sft")),
+)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from pipeline.errors import UserError
 from reward.ranking import Ranked, collect_rankings, load_pairs, ranking_pairs
 from stages.lm.losses import kway_ranking_loss, process_loss
 from stages.lm.optim import make_optimizer, make_scheduler
-from stages.rm.data import Example, collate, encode, is_test, load_reward_model, split_key
+from stages.rm.data import Example, collate, encode, global_batches, is_test, load_reward_model, split_key
 from stages.rm.metrics import plot_histogram, ranking_metrics, score_examples
 from stages.rm.rollouts import read_rollouts, rollouts_for_recipe, tokenizer_hash
 
@@ -59,21 +59,6 @@ def ranking_loss_step(model, batch: dict, process_coef: float = 0.0) -> tuple[to
     if token_scores:
         loss = loss + process_coef * process_loss(token_scores["all"][..., 0], batch["token_labels"])
     return loss, acc
-
-
-def global_batches(n: int, per_step: int, epochs: int, seed: int) -> list[list[int]]:
-    """Example indices of every optimizer step: a seeded shuffle per epoch cut into chunks of per_step.
-
-    A short last chunk is dropped (as DataLoader's drop_last), so that N processes x b prompts step
-    exactly like 1 process x N*b: each chunk holds N x prompts_per_batch prompts and every rank takes
-    its slice.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).tolist()
-        batches += [order[i:i + per_step] for i in range(0, n - per_step + 1, per_step)]
-    return batches
 
 
 def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) -> float:
