@@ -35,7 +35,7 @@ class StageSpec:
     config_keys: tuple[str, ...]                # recipe sections the stage reads: fingerprinted, and all it can see
     inputs: Callable[[Recipe], dict[str, str]]  # role -> upstream stage name, or "ext:<path or hub id>"
     distributed: bool = True                    # False: always one process (the tokenizer trains on one CPU)
-    kind: str = ""                              # tokenizer | pretrain | sft | rm | rl; "" = the name
+    kind: str = ""                              # tokenizer | pretrain | sft | dpo | rm | rl; "" = the name
     check: str | None = None                    # "module:function(recipe)" run before anything is written
 
 
@@ -54,11 +54,12 @@ KINDS = {
     "tokenizer": Kind("stages.tokenizer:run", ("seed", "data", "tokenizer"), "", distributed=False, check=DATA_CHECK),
     "pretrain": Kind("stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"), "model", check=DATA_CHECK),
     "sft": Kind("stages.sft:run", ("seed", "sft", "eval"), "model"),
+    "dpo": Kind("stages.dpo:run", ("seed", "dpo", "eval"), "model"),
     "rm": Kind("stages.reward_model:run", ("seed", "rm", "eval"), "model"),
     # rl reads sft too: its equal-compute control trains with the sft section, PPO's ptx term uses sft.max_length
     "rl": Kind("stages.rl:run", ("seed", "rl", "eval", "sft"), "policy"),
 }
-MAKES_MODELS = ("pretrain", "sft", "rl")              # kinds whose output a later stage can start from
+MAKES_MODELS = ("pretrain", "sft", "dpo", "rl")              # kinds whose output a later stage can start from
 DEFAULT_UPSTREAM = {"pretrain": "tokenizer", "sft": "pretrain", "rm": "sft", "rl": "sft"}
 
 

@@ -216,6 +216,8 @@ class SFTStage(Section):
     lora_alpha: int = Field(32, ge=1, le=65_536)  # LoRA scale numerator
     eval_max_new_tokens: int = Field(128, ge=1, le=GEN_TOKENS)  # generation budget for the held-out eval
     eval_base: bool = True                     # also evaluate the starting model (base/... metrics)
+    checkpoint_every: int = Field(100, ge=1, le=STEPS)  # steps between resumable checkpoints (in <stage>.tmp/checkpoints)
+    keep_checkpoints: bool = False             # keep checkpoints/ in the final dir (else deleted)
 
 
 class RMStage(Section):
@@ -239,6 +241,11 @@ class RMStage(Section):
     process_coef: float = Field(0.0, ge=0, le=1000)  # weight of the per-token "still on the reference path" loss; 0 = off
     optim: Optim = Optim(lr=1e-4, warmup_steps=10, weight_decay=0.0)
     test_fraction: float = Field(0.2, gt=0, lt=1)  # prompts held out for pairwise/top-1 accuracy
+    lora: bool = False                         # train LoRA adapters (peft), + the score head; merged at the end
+    lora_r: int = Field(16, ge=1, le=1024)     # LoRA rank
+    lora_alpha: int = Field(32, ge=1, le=4096) # LoRA scale numerator
+    checkpoint_every: int = Field(100, ge=1, le=STEPS)  # steps between resumable checkpoints (in <stage>.tmp/checkpoints)
+    keep_checkpoints: bool = False             # keep checkpoints/ in the final dir (else deleted)
 
 
 class RLStage(Section):
@@ -274,6 +281,43 @@ class RLStage(Section):
     generation: Literal["auto", "hf", "vllm"] = "auto"  # rollout sampler: auto = vLLM when installed with CUDA, else HF
     vllm_gpu_memory: float = Field(0.3, gt=0, lt=1)  # share of each GPU the colocated vLLM engine may take
     vllm_max_model_len: int = Field(2048, ge=16, le=1 << 20)  # vLLM context (prompt + completion tokens)
+    lora: bool = False                         # train LoRA adapters (peft), on the policy, merged at the end (HF generate)
+    lora_r: int = Field(16, ge=1, le=1024)     # LoRA rank
+    lora_alpha: int = Field(32, ge=1, le=4096) # LoRA scale numerator
+    checkpoint_every: int = Field(25, ge=1, le=STEPS)  # steps between resumable checkpoints (in <stage>.tmp/checkpoints)
+    keep_checkpoints: bool = False             # keep checkpoints/ in the final dir (else deleted)
+
+
+class DPOStage(Section):
+    """Direct preference optimisation (stages/dpo.py): ranked rollouts of the start policy, chosen/rejected data."""
+    distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
+    from_: Optional[PathText] = Field(None, alias="from")  # start from an HF model dir / hub id, not sft
+    loss: Literal["pairs", "plackett_luce"] = "pairs"  # pairs: DPO on every ranked pair; plackett_luce: the K-way ranking likelihood (DPO paper, app. A.3)
+    beta: float = Field(0.1, gt=0, le=10)      # implicit reward = beta * log(pi / pi_ref): larger stays closer to the start (0.05-0.5)
+    sft_coef: float = Field(0.0, ge=0, le=10)  # weight of an NLL term on each prompt's best completions (RPO, Pang et al. 2024); 0 = plain DPO
+    num_prompts: int = Field(400, ge=1, le=BIG)  # prompts to roll out from the start policy (training split)
+    k: int = Field(4, ge=2, le=64)             # completions per prompt, ranked best to worst
+    temperature: float = Field(1.0, gt=0, le=100)  # rollout sampling temperature
+    top_p: float = Field(1.0, gt=0, le=1)      # rollout nucleus sampling
+    max_new_tokens: int = Field(96, ge=1, le=GEN_TOKENS)  # rollout length
+    families: Families = Field([], max_length=64)  # built-in task families to roll out; [] = all
+    rankers: Rankers = Field(["verifier"], max_length=8)  # mix of: verifier, judge, human; [] = pairs_datasets only
+    tie_break: Literal["none", "shorter"] = "none"  # verifier: same-tier completions tie, or the shorter wins
+    judge_model: Optional[PathText] = None          # judge ranker: HF chat model dir / hub id
+    rankings_file: Optional[PathText] = None        # human ranker: JSONL written by `lifecycle rank`
+    pairs_datasets: list[PathText] = Field([], max_length=64)  # chosen/rejected datasets (hub id or local .jsonl/.json/.parquet), as K=2
+    pairs_max_examples: int = Field(10_000, ge=1, le=BIG)  # rows read per pairs dataset
+    max_length: int = Field(512, ge=16, le=GEN_TOKENS)  # tokens per prompt+completion; longer keep their last tokens
+    epochs: int = Field(1, ge=1, le=20)        # passes over the ranked prompts (1-3)
+    prompts_per_batch: int = Field(4, ge=1, le=65_536)  # prompts (each with K completions) per optimizer step, per process
+    optim: Optim = Optim(lr=1e-4, warmup_steps=5, weight_decay=0.0)
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # prompts held out for preference accuracy
+    eval_base: bool = True                     # also evaluate the start model (base/... metrics, gain/...)
+    lora: bool = False                         # train LoRA adapters (peft), merged at the end
+    lora_r: int = Field(16, ge=1, le=1024)     # LoRA rank
+    lora_alpha: int = Field(32, ge=1, le=4096) # LoRA scale numerator
+    checkpoint_every: int = Field(50, ge=1, le=STEPS)  # steps between resumable checkpoints (in <stage>.tmp/checkpoints)
+    keep_checkpoints: bool = False             # keep checkpoints/ in the final dir (else deleted)
 
 
 class EvalSection(Section):
@@ -287,8 +331,8 @@ class EvalSection(Section):
 
 
 # ---------------------------------------------------------------- the stage graph
-KIND_SECTION = {"tokenizer": TokenizerStage, "pretrain": PretrainStage, "sft": SFTStage, "rm": RMStage,
-                "rl": RLStage}                 # a stage kind -> the section class that configures it
+KIND_SECTION = {"tokenizer": TokenizerStage, "pretrain": PretrainStage, "sft": SFTStage, "dpo": DPOStage,
+                "rm": RMStage, "rl": RLStage}                 # a stage kind -> the section class that configures it
 DEFAULT_CHAIN = ("tokenizer", "pretrain", "sft", "rm", "rl")  # the five stages every recipe has
 STAGE_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 
@@ -337,6 +381,7 @@ class Recipe(Section):
     sft: SFTStage = SFTStage()
     rm: RMStage = RMStage()
     rl: RLStage = RLStage()
+    dpo: DPOStage = DPOStage()
     eval: EvalSection = EvalSection()
     stages: Optional[list] = Field(None, max_length=64)  # the chain `run` runs, in order: default names and {name, kind, from, ...} declarations; None = the default five
 

@@ -16,7 +16,6 @@ separates documents); MFU counts 6N + 12*L*d*T flops per token (PaLM appendix B)
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from pipeline.errors import UserError
 from stages.data.shards import ShardSet, TrainWindows, build_shards, byte_pair_counts, token_byte_lengths
 from stages.eval.bpb import nll_sums
 from stages.lm.bpe import ensure_chat_tokens
+from stages.lm.checkpoints import Checkpoints
 from stages.lm.flops import flops_per_token, peak_flops
 from stages.lm.losses import bigram_bits_per_byte, bits_per_byte
 from stages.lm.model import build_model, count_parameters, load_causal_lm, save_model
@@ -101,45 +101,6 @@ def _sample_prompts(val_tokens: np.ndarray, bos: int, n: int, length: int = 12) 
     return [val_tokens[s: s + length].tolist() for s in starts]
 
 
-# ---------------------------------------------------------------- checkpoints
-def _latest_checkpoint(ckpt_root: Path) -> Path | None:
-    done = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return done[-1] if done else None
-
-
-def _save_checkpoint(accelerator, ckpt_root: Path, step: int, elapsed: float) -> None:
-    """accelerate save_state (model, optimizer, scheduler, every rank's RNG states) + data position;
-    written to step_N.tmp and renamed, older checkpoints removed."""
-    import json
-    tmp, final = ckpt_root / f"step_{step:07d}.tmp", ckpt_root / f"step_{step:07d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=False)  # torch pickles: tied weights stay as they are
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "position.json").write_text(json.dumps({"step": step, "elapsed": elapsed}))
-        tmp.rename(final)
-        for old in ckpt_root.glob("step_*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _resume(accelerator, ckpt_root: Path, ctx) -> int:
-    """Load the last checkpoint if any; returns the next step to run."""
-    import json
-    latest = _latest_checkpoint(ckpt_root)
-    if latest is None:
-        ctx.tracker.start = time.time()  # the ETA counts training steps, not tokenizing and model setup
-        return 0
-    accelerator.load_state(str(latest))
-    position = json.loads((latest / "position.json").read_text())
-    ctx.tracker.start = time.time() - position["elapsed"]  # ETA and logged times continue the killed run's clock
-    ctx.log(f"resumed from {latest} (step {position['step']})")
-    return position["step"]
-
-
 # ---------------------------------------------------------------- the loop
 def _train_step(model, optimizer, scheduler, accelerator, windows, step: int, accum: int, cfg) -> tuple[float, float]:
     """One optimizer step of `accum` micro-batches; returns (mean loss over ranks, grad norm or nan)."""
@@ -202,8 +163,8 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     accelerator.register_for_checkpointing(scheduler)
     if cfg.compile:
         model = torch.compile(model)
-    ckpt_root = ctx.out_dir / "checkpoints"
-    start = _resume(accelerator, ckpt_root, ctx)
+    ckpt = Checkpoints(ctx.out_dir / "checkpoints", accelerator, cfg.checkpoint_every)
+    start = ckpt.resume(ctx)
 
     model.train()
     for step in range(start, cfg.max_steps):
@@ -224,8 +185,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
             ctx.tracker.table("samples", ["step", "prompt", "completion"], rows)
             for _, prompt, completion in rows:
                 ctx.log(f"sample @ {done}: {prompt!r} -> {completion!r}")
-        if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-            _save_checkpoint(accelerator, ckpt_root, done, time.time() - ctx.tracker.start)
+        ckpt.save_if_due(done, cfg.max_steps, ctx)
 
     metrics = _final_metrics(_evaluate(model, accelerator, val_tokens, seq_len, cfg.micro_batch_size, byte_lengths),
                              shards, val_tokens, tokenizer)
@@ -234,8 +194,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     ctx.log(f"val {metrics['eval/val_bpb']:.3f} bits/byte vs byte bigram {metrics['baseline/bigram_bpb']:.3f} "
             f"({100 * (1 - metrics['eval/bpb_ratio_vs_bigram']):.1f}% below)")
     _save_final(accelerator, model, tokenizer, ctx.out_dir, save_model)
-    if accelerator.is_main_process and not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt_root, ignore_errors=True)
+    ckpt.finish(cfg.keep_checkpoints)
     return metrics
 
 

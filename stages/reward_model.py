@@ -20,6 +20,10 @@ answers go wrong, which one bit per ranked pair barely does.
 Departures: InstructGPT centred on labeler demonstrations; we use the tasks' reference answers (else the
 best-ranked completions). HF's score head has no bias, so the shift lives in config.json, not the weights.
 Ties (equal ranks) give no pair. Our own loop on accelerate, as TRL's RewardTrainer takes pairs only.
+
+Resume: a checkpoint every `rm.checkpoint_every` steps (stages/lm/checkpoints.py); the rollouts file
+resumes on its own. LoRA (`rm.lora`): adapters on every linear layer plus the new score head trained
+whole (peft modules_to_save), merged into a plain sequence-classification dir at the end.
 """
 from __future__ import annotations
 
@@ -32,9 +36,12 @@ from accelerate import Accelerator
 from pipeline.distributed import configure_engine, rank_slice, save_model_gathered, whole_model_loading
 from pipeline.errors import UserError
 from reward.ranking import Ranked, collect_rankings, load_pairs, ranking_pairs
+from stages.lm.checkpoints import Checkpoints
+from stages.lm.finetune import add_lora, merge_lora
 from stages.lm.losses import kway_ranking_loss, process_loss
+from stages.lm.model import save_model
 from stages.lm.optim import make_optimizer, make_scheduler
-from stages.rm.data import Example, collate, encode, is_test, load_reward_model, split_key
+from stages.rm.data import Example, collate, encode, global_batches, is_test, load_reward_model, split_key
 from stages.rm.metrics import plot_histogram, ranking_metrics, score_examples
 from stages.rm.rollouts import read_rollouts, rollouts_for_recipe, tokenizer_hash
 
@@ -61,22 +68,8 @@ def ranking_loss_step(model, batch: dict, process_coef: float = 0.0) -> tuple[to
     return loss, acc
 
 
-def global_batches(n: int, per_step: int, epochs: int, seed: int) -> list[list[int]]:
-    """Example indices of every optimizer step: a seeded shuffle per epoch cut into chunks of per_step.
-
-    A short last chunk is dropped (as DataLoader's drop_last), so that N processes x b prompts step
-    exactly like 1 process x N*b: each chunk holds N x prompts_per_batch prompts and every rank takes
-    its slice.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    batches = []
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=gen).tolist()
-        batches += [order[i:i + per_step] for i in range(0, n - per_step + 1, per_step)]
-    return batches
-
-
-def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) -> float:
+def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) -> tuple:
+    """The RM loop (checkpointed every rm.checkpoint_every steps); returns (prepared model, last loss, tokens)."""
     examples = [e for e in examples if ranking_pairs(e.ranks)]  # all-tied prompts carry no signal
     if not examples:
         raise UserError("rm: no training prompt has two differently ranked completions (all ties); "
@@ -86,15 +79,21 @@ def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) ->
     if not batches:
         raise UserError(f"rm: {len(examples)} training prompts make no step of {cfg.prompts_per_batch} prompts x "
                         f"{world} processes; lower rm.prompts_per_batch or add prompts")
+    if cfg.lora:  # the score head is new: it trains whole beside the adapters
+        model = add_lora(model, cfg, task_type="SEQ_CLS", modules_to_save=["score"])
     optimizer = make_optimizer(model, cfg.optim, accelerator.device.type)
     configure_engine(accelerator, micro_batch_size=cfg.prompts_per_batch, grad_clip=cfg.optim.grad_clip)
     model, optimizer = accelerator.prepare(model, optimizer)
     total = len(batches)
     scheduler = make_scheduler(optimizer, cfg.optim, total)  # stepped by us once per step (not prepared)
+    accelerator.register_for_checkpointing(scheduler)
+    ckpt = Checkpoints(ctx.out_dir / "checkpoints", accelerator, cfg.checkpoint_every)
+    start = ckpt.resume(ctx)
     every = max(1, total // 100)
-    loss_value = float("nan")
+    loss_value = ckpt.loop_state().get("loss", float("nan"))
     model.train()
-    for step, batch in enumerate(batches, start=1):
+    for step in range(start + 1, total + 1):
+        batch = batches[step - 1]
         mine = [examples[i] for i in batch[rank_slice(len(batch), accelerator, "rm step")]]
         loss, acc = ranking_loss_step(model, {k: v.to(accelerator.device) for k, v in collate(mine, pad_id).items()},
                                       cfg.process_coef)
@@ -108,11 +107,9 @@ def train(model, examples: list[Example], cfg, ctx, accelerator, pad_id: int) ->
         if step % every == 0 or step == total:
             ctx.tracker.log({"train/loss": loss_value, "train/pair_acc": accelerator.reduce(acc, "mean").item(),
                              "train/lr": scheduler.get_last_lr()[0]}, step=step, total=total)
+        ckpt.save_if_due(step, total, ctx, {"loss": loss_value})
     tokens = sum(len(s) for batch in batches for i in batch for s in examples[i].seqs)
     return model, loss_value, float(tokens)
-
-
-# ---------------------------------------------------------------- eval
 
 
 # ---------------------------------------------------------------- the stage
@@ -161,7 +158,13 @@ def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
 
     # [scale-out] every rank joins the gather (ZeRO-3/FSDP shard the weights); rank 0 then evaluates
     # the saved dir, the artifact PPO will load, and writes the centring offset into its config.
-    save_model_gathered(accelerator, model, tokenizer, ctx.out_dir)
+    if cfg.lora:  # a plain sequence classifier: adapters folded in, the trained score head kept
+        merged = merge_lora(accelerator.unwrap_model(model))
+        if accelerator.is_main_process:
+            save_model(merged, tokenizer, ctx.out_dir)
+        accelerator.wait_for_everyone()
+    else:
+        save_model_gathered(accelerator, model, tokenizer, ctx.out_dir)
     del model
     metrics: dict[str, float] = {"train/final_loss": final_loss, "train/tokens": tokens}
     if accelerator.is_main_process:
@@ -169,7 +172,7 @@ def run(recipe, inputs: dict[str, str], ctx) -> dict[str, float]:
             model, _ = load_reward_model(str(ctx.out_dir), accelerator.device)
         metrics.update(centre_and_evaluate(model.eval(), tokenizer, train_ranked, test_ex, cfg, ctx, accelerator.device))
         model.config.save_pretrained(ctx.out_dir)
-    accelerator.wait_for_everyone()
+    Checkpoints(ctx.out_dir / "checkpoints", accelerator, cfg.checkpoint_every).finish(cfg.keep_checkpoints)
     return metrics
 
 

@@ -12,6 +12,11 @@ Sections of run(), top to bottom:
 5. save the HF dir, eval after, and the gain per family;
 6. the equal-compute control (rl.control): the same SFT checkpoint trained further with SFT for the
    same wall time, evaluated the same way, so the report shows what RL bought beyond more SFT.
+
+Resume: a checkpoint every `rl.checkpoint_every` steps holds the policy (and PPO's value model), their
+optimizers, the scheduler, the RNG states, the prompt cursor's RNG, the monitor, the counters and the eval
+before training (not recomputed); a rerun after a kill continues from it. LoRA (`rl.lora`): adapters on
+the policy, merged into a plain HF dir at the end; rollouts then use HF generate.
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ from pipeline.distributed import configure_engine, save_model_gathered
 from reward.combine import RewardMix
 from reward.model_scorer import load_reward_fn
 from stages.data.tasks import FAMILIES, make_tasks
-from stages.lm.model import load_causal_lm, mask_padded_vocab
+from stages.lm.checkpoints import Checkpoints
+from stages.lm.finetune import add_lora, merge_lora
+from stages.lm.model import load_causal_lm, mask_padded_vocab, save_model
 from stages.lm.optim import make_optimizer, make_scheduler
 from stages.policy_gradient import grpo, ppo
 from stages.policy_gradient.evaluate import equal_compute_control, evaluate, gains, readiness, summary_line
@@ -53,23 +60,35 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     ctx.log(f"{cfg.algorithm}: policy {inputs['policy']}, rewards {rewards}, train families {families}, "
             f"{len(train_tasks)} train prompts")
 
-    metrics = {f"before/{k}": v for k, v in evaluate(policy, reference, tokenizer, recipe, rm_fn, ctx, "before").items()}
+    checkpoints = Checkpoints(ctx.out_dir / "checkpoints", accelerator, cfg.checkpoint_every)
+    metrics = checkpoints.loop_state().get("before")  # a resumed run keeps its eval before training
+    if metrics is None:
+        metrics = {f"before/{k}": v for k, v in evaluate(policy, reference, tokenizer, recipe, rm_fn, ctx, "before").items()}
     sampler = make_sampler(cfg, inputs["policy"], tokenizer, accelerator)  # None: HF generate
     ctx.log(f"rollouts: {'vLLM (colocated)' if sampler else 'HF generate'} | {accelerator.num_processes} process(es) x "
             f"{cfg.prompts_per_step} prompts x {cfg.num_generations} samples per step")
-    if cfg.algorithm == "grpo":
+    if cfg.algorithm == "grpo" and not checkpoints.loop_state():
         metrics.update(readiness(policy, tokenizer, train_tasks, mix, cfg, ctx, sampler))
 
+    if cfg.lora:  # adapters on the policy only; the reference stays the frozen start model
+        policy = add_lora(policy, cfg)
     optimizer = make_optimizer(policy, cfg.optim, str(device))
     scheduler = make_scheduler(optimizer, cfg.optim, cfg.max_steps)
     configure_engine(accelerator, micro_batch_size=cfg.micro_batch_size, grad_clip=cfg.optim.grad_clip)
     monitor = HackingMonitor(cfg.monitor_window, cfg.stop_on_hacking, warn=ctx.log) if rm_fn else None
     state = RLRun(policy, reference, tokenizer, train_tasks, mix, cfg, ctx, accelerator, optimizer, scheduler,
-                  monitor, sampler, value_model_dir=inputs.get("reward_model"), ptx_max_length=recipe.sft.max_length)
+                  monitor, sampler, value_model_dir=inputs.get("reward_model"), ptx_max_length=recipe.sft.max_length,
+                  checkpoints=checkpoints, extra={"before": dict(metrics)})
     train_metrics = TRAIN[cfg.algorithm](state)
     policy = state.policy
     metrics.update({k: v for k, v in train_metrics.items() if k.startswith(("train/", "reward/", "monitor/"))})
-    save_model_gathered(accelerator, policy, tokenizer, ctx.out_dir)
+    if cfg.lora:  # a plain HF dir: the adapters folded into the weights
+        policy = merge_lora(accelerator.unwrap_model(policy))
+        if accelerator.is_main_process:
+            save_model(policy, tokenizer, ctx.out_dir)
+        accelerator.wait_for_everyone()
+    else:
+        save_model_gathered(accelerator, policy, tokenizer, ctx.out_dir)
     system_prompt = Path(inputs["policy"]) / "system_prompt.txt"   # what `lifecycle chat` uses with the SFT model
     if accelerator.is_main_process and system_prompt.is_file():
         shutil.copy(system_prompt, ctx.out_dir / "system_prompt.txt")
@@ -83,6 +102,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
                                              rm_fn, ctx))
         metrics.update(gains(metrics, "before/eval/", "control/eval/", "control_gain"))
     ctx.log(summary_line(metrics))
+    checkpoints.finish(cfg.keep_checkpoints)
     return metrics
 
 

@@ -18,6 +18,8 @@ N processes x micro-batch b compute the same update as 1 process x N*b (TRL norm
   so a conversation never attends to its neighbours (unlike pretraining-style packing).
 - LoRA (optional, peft): adapters on every linear layer, merged into the weights at the end, so the
   output is a plain HF model dir.
+- Resume: a checkpoint every `checkpoint_every` steps (model, optimizer, scheduler, RNG states, the step,
+  the base eval; stages/lm/checkpoints.py); a rerun after a kill continues from the last one.
 - Eval at the end: held-out prompts of each built-in family, accuracy and format compliance, for the
   starting model (base/...) and the SFT model (eval/...); the calculator family also without the tool.
 """
@@ -34,6 +36,7 @@ from stages.data.conversations import SkipReport
 from stages.data.sft_examples import build_examples, pack, train_families
 from stages.data.tasks import DEFAULT_SYSTEM
 from stages.eval.families import evaluate_families
+from stages.lm.checkpoints import Checkpoints
 from stages.lm.finetune import StepSchedule, add_lora, load_start_model, merge_lora, train_step
 from stages.lm.model import load_causal_lm, save_model
 from stages.lm.optim import make_optimizer, make_scheduler
@@ -72,8 +75,10 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
             f"{cfg.max_steps} steps = {cfg.max_steps * per_step / len(rows):.2f} epochs")
 
     model.to(accelerator.device)
-    metrics: dict[str, float] = {}
-    if cfg.eval_base and main:
+    ckpt = Checkpoints(ctx.out_dir / "checkpoints", accelerator, cfg.checkpoint_every)
+    saved = ckpt.loop_state()  # on a resume: the base eval and the token count so far
+    metrics: dict[str, float] = dict(saved.get("base", {}))
+    if cfg.eval_base and main and not saved:
         base_model = model
         if partitions_at_load(accelerator):  # [scale-out] under ZeRO-3 `model` holds only this rank's shard
             with whole_model_loading(accelerator):
@@ -90,9 +95,12 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     accelerator.gradient_accumulation_steps = cfg.grad_accum  # [scale-out] what accumulate() and DeepSpeed count
     configure_engine(accelerator, micro_batch_size=cfg.micro_batch_size, grad_clip=cfg.optim.grad_clip)
     model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    start = ckpt.resume(ctx)
+    base = dict(metrics)
     model.train()
-    trained_tokens = 0
-    for step in range(cfg.max_steps):
+    trained_tokens, loss = saved.get("tokens", 0), saved.get("loss", float("nan"))
+    for step in range(start, cfg.max_steps):
         t0 = time.perf_counter()
         lr = scheduler.get_last_lr()[0]
         loss, n_tokens = train_step(model, optimizer, scheduler, accelerator,
@@ -100,6 +108,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         trained_tokens += n_tokens
         ctx.tracker.log({"train/loss": loss, "train/lr": lr, "train/tokens_per_s": n_tokens / (time.perf_counter() - t0),
                          "train/epoch": (step + 1) * per_step / len(rows)}, step=step + 1, total=cfg.max_steps)
+        ckpt.save_if_due(step + 1, cfg.max_steps, ctx, {"base": base, "tokens": trained_tokens, "loss": loss})
     metrics["train/loss"] = loss
     metrics["train/tokens"] = float(trained_tokens)  # every rank's rows (packed tokens incl. prompts)
 
@@ -122,7 +131,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
                           [r for f in families for r in [x for x in table if x[0] == f][:3]])
         ctx.log("sft: " + _summary(final, "eval"))
         ctx.tracker.log(metrics, step=cfg.max_steps)
-    accelerator.wait_for_everyone()
+    ckpt.finish(cfg.keep_checkpoints)
     return metrics
 
 

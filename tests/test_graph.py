@@ -86,3 +86,18 @@ def test_bad_graphs_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, bod
     assert not (tmp_path / "runs").exists()
     with pytest.raises(UserError):
         load_recipe(path)
+
+
+def test_rl_after_rl_takes_the_earlier_policy_and_the_reward_model(tmp_path):
+    body = "stages: [tokenizer, pretrain, sft, rm, rl, {name: ppo, kind: rl, from: rl, algorithm: ppo}]\n"
+    recipe = load_recipe(write(tmp_path, body))
+    items = {i.spec.name: i for i in Runner(recipe, tmp_path / "r.yaml").plan()}
+    assert {k: v["stage"] for k, v in items["ppo"].inputs.items()} == {"policy": "rl", "reward_model": "rm"}
+    assert items["ppo"].spec.config_keys == ("seed", "rl", "eval", "sft")
+
+
+def test_shipped_chain_recipe_plans(tmp_path):
+    recipe = load_recipe(ROOT / "recipes" / "tiny-mid-dpo.yaml")
+    items = {i.spec.name: i for i in Runner(recipe, ROOT / "recipes/tiny-mid-dpo.yaml").plan()}
+    assert list(items) == ["tokenizer", "pretrain", "mid", "sft", "dpo"]
+    assert items["dpo"].spec.entry == "stages.dpo:run" and items["dpo"].inputs["model"]["stage"] == "sft"

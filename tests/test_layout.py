@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from pipeline.runner import STAGES
+from pipeline.runner import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "stages", "reward", "serve")
@@ -117,7 +117,7 @@ def test_no_source_file_over_the_line_cap():
 
 
 def test_top_of_stages_holds_exactly_the_stage_modules():
-    entries = {s.entry.partition(":")[0] for s in STAGES}
+    entries = {k.entry.partition(":")[0] for k in KINDS.values()}
     top = {f"stages.{p.stem}" for p in (ROOT / "stages").glob("*.py") if p.name != "__init__.py"}
     assert top == entries
 

@@ -3,6 +3,7 @@
     from stages.data.chat import render_prompt, render_training
     ids = render_prompt(tok, [{"role": "user", "content": "What is 2 + 3?"}])   # ends with <|assistant|>
     ids, labels = render_training(tok, messages, max_length=256)                # labels -100 off assistant
+    ids, mask = render_completion(tok, prompt_text, completion)                 # mask 0 on prompt, tool output
 
 The format (the same as stages/data/chat_template.jinja, checked token for token in tests):
     <|bos|><|system|>S<|end|><|user|>U<|end|><|assistant|>A<|end|>...
@@ -93,3 +94,21 @@ def render_training(tokenizer, messages: list[dict], max_length: int) -> tuple[l
         if len(input_ids) > max_length:
             return None
     return input_ids, labels
+
+
+def render_completion(tokenizer, prompt_text: str, completion: str) -> tuple[list[int], list[int]]:
+    """(input_ids, completion_mask) of a rendered prompt followed by a completion as generated.
+
+    completion_mask is 1 on the completion's tokens and 0 on the prompt and on calculator output
+    <|result|>...<|/result|> (the tool wrote it, not the policy). The pieces are cut at special tokens, so
+    the ids are those of tokenizing the whole text."""
+    pieces, cursor = [(prompt_text, 0)], 0
+    for span in _RESULT_SPAN.finditer(completion):
+        pieces += [(completion[cursor:span.start()], 1), (span.group(0), 0)]
+        cursor = span.end()
+    pieces.append((completion[cursor:], 1))
+    pieces = [(text, trained) for text, trained in pieces if text]
+    encoded = tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"]
+    ids = [t for piece in encoded for t in piece]
+    mask = [trained for piece, (_, trained) in zip(encoded, pieces) for _ in piece]
+    return ids, mask

@@ -57,9 +57,11 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                            ignore_index=IGNORE, reduction="sum")
 
 
-def add_lora(model, cfg):
+def add_lora(model, cfg, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+    """peft LoRA adapters (cfg.lora_r, cfg.lora_alpha) on every linear layer; only they train, plus
+    `modules_to_save` (a reward model's new score head: ["score"])."""
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                        task_type="CAUSAL_LM")
+                        task_type=task_type, modules_to_save=modules_to_save)
     return get_peft_model(model, config)
 
 
@@ -68,11 +70,12 @@ def merge_lora(model):
     return model.merge_and_unload()
 
 
-def load_start_model(path: str):
+def load_start_model(path: str, what: str = "sft.from / inputs.model"):
+    """An HF causal LM and its tokenizer, with this project's chat tokens (added when missing)."""
     try:
         model, tokenizer = load_causal_lm(path)
     except OSError as exc:
-        raise UserError(f"sft.from / inputs.model: cannot load '{path}' as an HF causal LM ({exc})") from None
+        raise UserError(f"{what}: cannot load '{path}' as an HF causal LM ({exc})") from None
     ensure_chat_tokens(tokenizer)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # (ZeRO-3 loads weights partitioned)
         model.resize_token_embeddings(len(tokenizer))

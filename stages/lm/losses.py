@@ -1,5 +1,6 @@
 """Pure tensor maths for every stage: no models, no data, no state. Each function is tested against
-hand-computed values (tests/test_losses_rl.py; the RM losses in tests/test_reward_model.py).
+hand-computed values (tests/test_losses_rl.py; the RM losses in tests/test_reward_model.py; DPO in
+tests/test_dpo.py).
 
 Shapes: B = batch, T = tokens, V = vocab, K = completions per prompt, G = group size.
 """
@@ -203,6 +204,46 @@ def kway_ranking_loss(rewards: torch.Tensor, ranks: torch.Tensor) -> tuple[torch
     per_prompt = pair_losses.sum(dim=(1, 2))[has_pairs] / n_pairs[has_pairs]
     correct = ((margin > 0) & beats).sum().float() / n_pairs.sum().float()
     return per_prompt.mean(), correct.detach()
+
+
+def dpo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, ranks: torch.Tensor, beta: float,
+             form: str = "pairs") -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023) over K ranked completions per prompt.
+
+    policy_logps, ref_logps (B, K): summed log-probs of each completion under the policy and the frozen
+    reference. ranks (B, K) as kway_ranking_loss (0 = best, equal = tie, -1 = padded slot). The implicit
+    reward is r = beta * (policy_logps - ref_logps).
+    form "pairs": eq. 7 on every ranked pair, -log sigmoid(r_w - r_l), averaged per prompt then over
+      prompts (a K=2 pair is exactly the paper's loss).
+    form "plackett_luce": eq. 18 (appendix A.3), the negative log-likelihood of the whole ranking,
+      -sum_k log( exp r_(k) / sum_{j >= k} exp r_(j) ), summed over positions (the paper's form), meaned
+      over prompts. Ties follow Breslow: every member of a tied group is "chosen" against the group and
+      everything ranked below it; the bottom group, having nothing below it, adds no term (a strict K=2
+      ranking gives -log sigmoid(r_w - r_l), the pairwise loss).
+    Returns (loss, share of ranked pairs whose implicit rewards are in order; detached).
+    """
+    rewards = beta * (policy_logps.float() - ref_logps.float())                          # (B, K)
+    pair_loss, acc = kway_ranking_loss(rewards, ranks)
+    if form == "pairs":
+        return pair_loss, acc
+    if form != "plackett_luce":
+        raise ValueError(f"form must be 'pairs' or 'plackett_luce', got {form!r}")
+    valid = ranks >= 0                                                                   # (B, K)
+    # risk[b, i, j]: j is still "in the urn" when i is drawn (ranked at or below i)
+    risk = (ranks.unsqueeze(1) >= ranks.unsqueeze(2)) & valid.unsqueeze(1) & valid.unsqueeze(2)  # (B, K, K)
+    below = ((ranks.unsqueeze(1) > ranks.unsqueeze(2)) & valid.unsqueeze(1)).any(dim=2) & valid  # (B, K): i beats someone
+    scores = rewards.unsqueeze(1).expand_as(risk).masked_fill(~risk, float("-inf"))     # (B, K, K)
+    log_denominator = torch.logsumexp(scores, dim=2)                                     # (B, K)
+    terms = torch.where(below, rewards - log_denominator, torch.zeros_like(rewards))     # (B, K)
+    has_terms = below.any(dim=1)
+    if not has_terms.any():
+        return rewards.sum() * 0.0, acc
+    return -terms.sum(dim=1)[has_terms].mean(), acc
+
+
+def sequence_logps(per_token_logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """Summed log-probs of each completion: per_token_logps, completion_mask (N, T) -> (N,)."""
+    return (per_token_logps * completion_mask.to(per_token_logps.dtype)).sum(dim=-1)
 
 
 def process_loss(token_scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

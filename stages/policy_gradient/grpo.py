@@ -32,9 +32,11 @@ from stages.policy_gradient.rollout import (
     PromptCursor,
     RLRun,
     batched_logps,
+    checkpoint_loop,
     collate,
     completion_logps,
     gold_rewards,
+    resume_loop,
     rows,
     sample_groups,
 )
@@ -119,8 +121,9 @@ def train(run: RLRun) -> dict[str, float]:
     run.policy, run.optimizer = accelerator.prepare(run.policy, run.optimizer)
     reference = run.reference if cfg.beta > 0 else None  # the KL term is the only use of the reference
     cursor = PromptCursor(len(run.tasks), cfg.prompts_per_step, ctx.seed, accelerator.process_index)
-    start, last, tokens = time.time(), {}, 0.0
-    for step in range(1, cfg.max_steps + 1):
+    done, saved = resume_loop(run, cursor)
+    last, tokens = {}, saved.get("tokens", 0.0)
+    for step in range(done + 1, cfg.max_steps + 1):
         indices, seed = cursor.take(step)
         picked = [run.tasks[i] for i in indices]
         metrics, r = grpo_step(run.policy, reference, run.tokenizer, picked, run.reward_mix, cfg, accelerator,
@@ -137,7 +140,8 @@ def train(run: RLRun) -> dict[str, float]:
         if run.monitor is not None and run.monitor.should_stop:
             ctx.log(f"stopped at step {step}: reward hacking (rl.stop_on_hacking)")
             break
-    last["train/wall_s"] = time.time() - start
+        checkpoint_loop(run, step, cursor, tokens=tokens)
+    last["train/wall_s"] = time.time() - ctx.tracker.start  # training time, a resumed run's earlier part included
     last["train/steps"] = step
     last["train/tokens"] = tokens  # sampled completion tokens trained on, all ranks
     return last

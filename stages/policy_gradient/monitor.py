@@ -56,6 +56,13 @@ class HackingMonitor:
         self.hacking = False
         self.flagged_steps: list[int] = []
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to flag (or not) at the same step as an uninterrupted one."""
+        return {key: value for key, value in vars(self).items() if key != "warn"}
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
     @property
     def should_stop(self) -> bool:
         return self.hacking and self.stop_on_hacking

@@ -35,9 +35,11 @@ from stages.policy_gradient.rollout import (
     PromptCursor,
     RLRun,
     batched_logps,
+    checkpoint_loop,
     collate,
     completion_logps,
     gold_rewards,
+    resume_loop,
     rows,
     sample_groups,
 )
@@ -68,16 +70,23 @@ def load_value_model(rm_dir: str, policy_tokenizer, device) -> ValueModel:
     return ValueModel(rm).to(device).train()
 
 
-def ptx_batches(tokenizer, tasks, micro: int, max_length: int, seed: int):
-    """Endless (input_ids, labels) batches of SFT conversations for the ptx term."""
-    data = [r for r in (render_training(tokenizer, t.messages, max_length) for t in tasks) if r]
-    rng = random.Random(seed)
-    while True:
-        picked = rng.sample(data, min(micro, len(data)))
+class PtxBatches:
+    """Endless (input_ids, labels) batches of SFT conversations for the ptx term; its RNG is `rng`, so a
+    checkpoint can carry where it was."""
+
+    def __init__(self, tokenizer, tasks, micro: int, max_length: int, seed: int):
+        self.data = [r for r in (render_training(tokenizer, t.messages, max_length) for t in tasks) if r]
+        self.rng, self.micro, self.pad_id = random.Random(seed), micro, tokenizer.pad_token_id
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        picked = self.rng.sample(self.data, min(self.micro, len(self.data)))
         width = max(len(ids) for ids, _ in picked)
-        ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i, _ in picked])   # (B, T)
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in picked])           # (B, T)
-        yield ids, labels
+        ids = torch.tensor([i + [self.pad_id] * (width - len(i)) for i, _ in picked])         # (B, T)
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in picked])     # (B, T)
+        return ids, labels
 
 
 @torch.no_grad()
@@ -142,10 +151,13 @@ def train(run: RLRun) -> dict[str, float]:
     run.policy, value_model, run.optimizer, value_optimizer = accelerator.prepare(run.policy, value_model,
                                                                                   run.optimizer, value_optimizer)
     policy = run.policy
-    ptx = ptx_batches(tokenizer, run.tasks, micro, run.ptx_max_length, ctx.seed) if cfg.ptx_coef > 0 else None
+    ptx = PtxBatches(tokenizer, run.tasks, micro, run.ptx_max_length, ctx.seed) if cfg.ptx_coef > 0 else None
     cursor = PromptCursor(len(run.tasks), cfg.prompts_per_step, ctx.seed, accelerator.process_index)
-    beta, start, last, epochs, tokens = cfg.beta, time.time(), {}, cfg.ppo_epochs or 2, 0.0
-    for step in range(1, cfg.max_steps + 1):
+    done, saved = resume_loop(run, cursor)  # the value model and its optimizer are in the checkpoint too
+    if ptx is not None and done:
+        ptx.rng.setstate(saved["ptx"])
+    beta, last, epochs, tokens = saved.get("beta", cfg.beta), {}, cfg.ppo_epochs or 2, saved.get("tokens", 0.0)
+    for step in range(done + 1, cfg.max_steps + 1):
         indices, seed = cursor.take(step)
         picked = [run.tasks[i] for i in indices]
         comps, prompts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, picked, cfg,
@@ -180,5 +192,6 @@ def train(run: RLRun) -> dict[str, float]:
         if run.monitor is not None and run.monitor.should_stop:
             ctx.log(f"stopped at step {step}: reward hacking (rl.stop_on_hacking)")
             break
-    last.update({"train/wall_s": time.time() - start, "train/steps": step, "train/tokens": tokens})
+        checkpoint_loop(run, step, cursor, beta=beta, tokens=tokens, ptx=ptx.rng.getstate() if ptx else None)
+    last.update({"train/wall_s": time.time() - ctx.tracker.start, "train/steps": step, "train/tokens": tokens})
     return last

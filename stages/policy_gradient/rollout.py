@@ -8,6 +8,7 @@ output, so the calculator's tokens get no logprob, no KL and no loss.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,8 @@ class RLRun:
     sampler: Any = None           # stages.policy_gradient.vllm_sampler.VLLMSampler, else HF generate
     value_model_dir: str | None = None  # PPO: the RM dir its value model starts from
     ptx_max_length: int = 256     # PPO: tokens per SFT conversation in the ptx term
-    extra: dict = field(default_factory=dict)
+    checkpoints: Any = None       # stages.lm.checkpoints.Checkpoints in <stage>.tmp/checkpoints; None = never saved
+    extra: dict = field(default_factory=dict)  # carried in every checkpoint as it is (the eval before training)
 
 
 class PromptCursor:
@@ -56,6 +58,33 @@ class PromptCursor:
         start = (step - 1) * self.per_step
         picked = [self.order[(start + j) % len(self.order)] for j in range(self.per_step)]
         return picked, self.rng.randrange(2**31)
+
+
+def resume_loop(run: RLRun, cursor: PromptCursor) -> tuple[int, dict]:
+    """After prepare: load the last checkpoint (models, optimizers, scheduler, RNG states) and the loop's
+    own state (the cursor's RNG, the monitor); returns (steps done, the loop state saved with them)."""
+    if run.checkpoints is None:
+        run.ctx.tracker.start = time.time()  # train/wall_s counts training, not the set-up before it
+        return 0, {}
+    run.accelerator.register_for_checkpointing(run.scheduler)
+    start = run.checkpoints.resume(run.ctx)
+    if not start:
+        return 0, {}
+    state = run.checkpoints.loop_state()
+    cursor.rng.setstate(state["cursor"])
+    if run.monitor is not None:
+        run.monitor.load_state_dict(state["monitor"])
+    if run.sampler is not None:  # the engine still holds the start weights
+        run.sampler.load_weights(run.accelerator.unwrap_model(run.policy))
+    return start, state
+
+
+def checkpoint_loop(run: RLRun, step: int, cursor: PromptCursor, **loop) -> None:
+    """A checkpoint after `step` when one is due, carrying the cursor, the monitor and `loop` (counters)."""
+    if run.checkpoints is not None and run.checkpoints.due(step, run.cfg.max_steps):
+        state = {**run.extra, **loop, "cursor": cursor.rng.getstate(),
+                 "monitor": run.monitor.state_dict() if run.monitor is not None else None}
+        run.checkpoints.save(step, run.ctx, state)
 
 
 def collate_completions(completions, pad_id: int) -> dict[str, torch.Tensor]:

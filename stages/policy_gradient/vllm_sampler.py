@@ -35,8 +35,11 @@ def vllm_available() -> bool:
 
 def make_sampler(cfg, policy_dir: str, tokenizer, accelerator):
     """The vLLM sampler that rl.generation asks for, or None for HF generate."""
-    if cfg.generation == "hf" or (cfg.generation == "auto" and not vllm_available()):
+    if cfg.generation == "hf" or (cfg.generation == "auto" and (not vllm_available() or cfg.lora)):
         return None
+    if cfg.lora:  # load_weights copies plain HF parameter names; a peft model's are its adapters'
+        raise UserError("rl.generation: vllm takes the policy's whole weights after every step, which rl.lora "
+                        "keeps as adapters; use rl.generation: hf (or auto) with rl.lora")
     if not vllm_available():
         raise UserError("rl.generation: 'vllm' needs the vllm package and a CUDA GPU "
                         "(pip install vllm); use 'auto' to fall back to HF generate")

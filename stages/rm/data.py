@@ -109,6 +109,21 @@ def split_key(r: Ranked) -> str:
     return json.dumps(r.prompt_messages, sort_keys=True) if r.prompt_messages else r.prompt_id
 
 
+def global_batches(n: int, per_step: int, epochs: int, seed: int) -> list[list[int]]:
+    """Example indices of every optimizer step: a seeded shuffle per epoch cut into chunks of per_step.
+
+    A short last chunk is dropped (as DataLoader's drop_last), so that N processes x b prompts step
+    exactly like 1 process x N*b: each chunk holds N x prompts_per_batch prompts and every rank takes
+    its slice.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen).tolist()
+        batches += [order[i:i + per_step] for i in range(0, n - per_step + 1, per_step)]
+    return batches
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """B prompts with up to K completions -> N = sum K sequences (one forward each) + (B, K) ranks."""
     k = max(len(e.seqs) for e in examples)

@@ -144,12 +144,17 @@ def make_rollouts(model, tokenizer, tasks: list, path: str | Path, *, k: int, te
 
 
 def rollouts_for_recipe(recipe, model_dir: str | Path, path: str | Path, device: str, log=print) -> list[dict]:
-    """The recipe's rollouts from the policy in model_dir (generated or resumed)."""
-    cfg = recipe.rm
+    """The recipe's rollouts (its `rm` section) from the policy in model_dir (generated or resumed)."""
+    return sample_rollouts(recipe.rm, recipe.seed, model_dir, path, device, log)
+
+
+def sample_rollouts(cfg, seed: int, model_dir: str | Path, path: str | Path, device: str, log=print) -> list[dict]:
+    """Rollouts as a section asks for them (num_prompts, families, k, temperature, top_p, max_new_tokens:
+    the rm and dpo sections both have these) from the policy in model_dir, generated or resumed."""
     model, tokenizer = load_causal_lm(model_dir, device=device)
-    tasks = rollout_tasks(cfg.families, cfg.num_prompts, recipe.seed)
+    tasks = rollout_tasks(cfg.families, cfg.num_prompts, seed)
     records = make_rollouts(model, tokenizer, tasks, path, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                            max_new_tokens=cfg.max_new_tokens, seed=recipe.seed, policy=policy_fingerprint(model_dir),
+                            max_new_tokens=cfg.max_new_tokens, seed=seed, policy=policy_fingerprint(model_dir),
                             log=log)
     del model
     return records
