@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from stages.data.tasks import arithmetic, calculator, decimals, persona, spelling
+from stages.data.tasks import arithmetic, calculator, decimals, persona, spelling, verify
 from stages.tokenizer import ASSISTANT, BOS, CALL, END, END_CALL, END_RESULT, RESULT, SYSTEM, USER
 
 FAMILIES: tuple[str, ...] = ("arithmetic", "spelling", "decimal_compare", "calculator", "identity", "unknown")
@@ -108,8 +108,12 @@ def _as_number(value: str) -> Decimal | None:
 
 
 def score(task: Task, completion_text: str) -> float:
-    """1.0 if the extracted final answer equals the task's answer (numbers compared by value), else 0.0."""
+    """1.0 if the extracted final answer equals the task's answer (numbers compared by value), else 0.0.
+
+    Tasks of other sources name their verifier in meta["verifier"] (stages/data/tasks/verify.py)."""
     got = extract_answer(completion_text)
+    if task.meta.get("verifier"):
+        return verify.score(task.meta["verifier"], got, completion_text, task.answer, task.meta)
     if got is None:
         return 0.0
     got, want = _normalise(got), _normalise(task.answer)
