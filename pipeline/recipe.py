@@ -110,8 +110,8 @@ def _apply_override(raw: dict, item: str) -> None:
 # ------------------------------------------------------------------ error messages
 def _describe(err: dict, raw: dict, path: Path) -> str:
     loc = [str(p) for p in err["loc"]]
-    dotted = ".".join(loc)
-    line = _line_of(path, loc)
+    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    line = _line_of(path, list(err["loc"]))
     where = f"{path}:{line}" if line else f"{path}"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -125,6 +125,8 @@ def _describe(err: dict, raw: dict, path: Path) -> str:
     if kind == "missing":
         return f"{where}: {dotted}: required key is missing"
     got = err.get("input")
+    if kind == "value_error":  # our validators' messages say what is wrong and what was expected
+        return f"{where}: {dotted}: {err['ctx']['error']}"
     if kind == "literal_error":
         return f"{where}: {dotted}: expected {err['ctx']['expected']}, got {got!r}"
     expected = _expected(kind, err)
@@ -171,14 +173,18 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _line_of(path: Path, loc: list[str]) -> int | None:
-    """1-based line of the deepest key of `loc` present in the file (None if not in it)."""
+def _line_of(path: Path, loc: list) -> int | None:
+    """1-based line of the deepest key (or list item, for an int) of `loc` present in the file (None if not in it)."""
     try:
         node = yaml.compose(path.read_text())
     except Exception:
         return None
     line = None
     for part in loc:
+        if isinstance(part, int) and isinstance(node, yaml.SequenceNode) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for key_node, value_node in node.value:

@@ -6,9 +6,12 @@ coerced to float by pydantic's lax mode.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from stages.data.tasks import FAMILIES
+from stages.data.tasks.spec import check_task_list, hint, parse_source
 
 
 class Section(BaseModel):
@@ -27,6 +30,38 @@ class Section(BaseModel):
             if isinstance(field.default, BaseModel) and isinstance(merged.get(key), dict):
                 merged[key] = {**field.default.model_dump(by_alias=True), **merged[key]}
         return merged
+
+
+def _task_spec(spec: str) -> str:
+    parse_source(spec)  # ValueError names what is unknown, with a close match
+    return spec
+
+
+def _family(name: str) -> str:
+    if name not in FAMILIES:
+        parse_source(f"builtin:{name}")  # the unknown-family message
+    return name
+
+
+def _task_list(specs: list[str]) -> list[str]:
+    check_task_list(specs, "tasks")
+    return specs
+
+
+# A task source line (docs/tasks.md): builtin:<family>, gym:<dataset>[?k=v&...], gsm8k|math|qa|arc|mmlu|hellaswag:<file or hub id>
+TaskSpec = Annotated[str, AfterValidator(_task_spec)]
+TaskList = Annotated[list[TaskSpec], AfterValidator(_task_list)]
+Family = Annotated[str, AfterValidator(_family)]
+
+
+class TaskStage(BaseModel):
+    """Checks shared by the stages with `tasks` and `families` (the built-in shorthand)."""
+
+    @model_validator(mode="after")
+    def _tasks_or_families(self):
+        if self.tasks is not None and self.families:
+            raise ValueError("set tasks or families, not both (families: [f] is the shorthand for tasks: [builtin:f])")
+        return self
 
 
 # ---------------------------------------------------------------- run-level groups
@@ -114,15 +149,16 @@ class PretrainStage(Section):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
 
 
-class SFTStage(Section):
+class SFTStage(Section, TaskStage):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
     from_: Optional[str] = Field(None, alias="from")  # start from an HF model dir / hub id, not pretrain
-    datasets: list[str] = ["builtin"]          # "builtin", a hub id ("id[:config][@split]"), or a local .jsonl/.json/.parquet path
+    datasets: list[str] = ["builtin"]          # "builtin" (= "tasks": demonstrations of sft.tasks), a conversation hub id ("id[:config][@split]") or local .jsonl/.json/.parquet (messages, ShareGPT, Alpaca)
     dataset_max_rows: int = Field(20_000, ge=1)  # rows read per hub/local dataset (hub ones stream)
     builtin_train_per_family: int = Field(2000, ge=1)  # built-in generator: train conversations per family
     builtin_test_per_family: int = Field(50, ge=1)     # built-in generator: held-out prompts per family
-    families: list[str] = []                   # built-in task families; [] = all
-    family_weights: dict[str, float] = {}      # family -> multiplier on builtin_train_per_family (0-10); missing = 1
+    tasks: Optional[TaskList] = None           # task sources (docs/tasks.md) for demonstrations and the held-out eval; None = builtin:<f> for f in families
+    families: list[Family] = []                # built-in task families (shorthand for tasks); [] = all
+    family_weights: dict[str, float] = {}      # source label -> multiplier on builtin_train_per_family (0-10); missing = 1
     multi_turn_share: float = Field(0.2, ge=0, le=1)  # built-in conversations continued by another task as a 2nd turn
     system_prompt: Optional[str] = None        # system prompt `lifecycle chat` uses with this model (system_prompt.txt); None = the built-in identity prompt
     max_length: int = Field(256, ge=16)        # tokens per conversation; longer ones are skipped (counted)
@@ -137,8 +173,19 @@ class SFTStage(Section):
     eval_max_new_tokens: int = Field(128, ge=1)  # generation budget for the held-out eval
     eval_base: bool = True                     # also evaluate the starting model (base/... metrics)
 
+    @model_validator(mode="after")
+    def _weights_name_sources(self):
+        labels = [parse_source(s).label for s in (self.tasks if self.tasks is not None else self.families or FAMILIES)]
+        for key, weight in self.family_weights.items():
+            if key not in labels:
+                raise ValueError(f"family_weights: '{key}' is not the label of one of sft's task sources"
+                                 f"{hint(key, labels)} (labels: {', '.join(labels)})")
+            if weight < 0:
+                raise ValueError(f"family_weights: '{key}': expected a weight >= 0, got {weight}")
+        return self
 
-class RMStage(Section):
+
+class RMStage(Section, TaskStage):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
     from_: Optional[str] = Field(None, alias="from")  # init from an HF model dir / hub id, not sft
     num_prompts: int = Field(200, ge=1)        # prompts to roll out
@@ -146,7 +193,8 @@ class RMStage(Section):
     temperature: float = Field(1.0, gt=0)      # rollout sampling temperature
     top_p: float = Field(1.0, gt=0, le=1)      # rollout nucleus sampling
     max_new_tokens: int = Field(96, ge=1)      # rollout length
-    families: list[str] = []                   # built-in task families to roll out; [] = all
+    tasks: Optional[TaskList] = None           # task sources whose train prompts are rolled out (docs/tasks.md); None = builtin:<f> for f in families
+    families: list[Family] = []                # built-in task families to roll out (shorthand for tasks); [] = all
     rankers: list[str] = ["verifier"]          # mix of: verifier, judge, human (from rankings.jsonl)
     tie_break: Literal["none", "shorter"] = "none"  # verifier: same-tier completions tie, or the shorter wins
     judge_model: Optional[str] = None          # judge ranker: HF chat model dir / hub id
@@ -161,12 +209,13 @@ class RMStage(Section):
     test_fraction: float = Field(0.2, gt=0, lt=1)  # prompts held out for pairwise/top-1 accuracy
 
 
-class RLStage(Section):
+class RLStage(Section, TaskStage):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
     from_: Optional[str] = Field(None, alias="from")  # policy: an HF model dir / hub id, not sft
     algorithm: Literal["grpo", "ppo"] = "grpo"  # grpo: verifiable rewards; ppo: against the RM
     rewards: dict[str, float] = {}             # reward parts -> weights: verifier, format, rm, module:function; {} = {verifier: 1} (grpo) / {rm: 1} (ppo)
-    families: list[str] = []                   # built-in task families to train on; [] = all
+    tasks: Optional[TaskList] = None           # task sources to train on (docs/tasks.md); None = builtin:<f> for f in families
+    families: list[Family] = []                # built-in task families to train on (shorthand for tasks); [] = all
     max_steps: int = Field(100, ge=1)          # RL steps: one rollout batch each, then ppo_epochs optimizer steps
     prompts_per_step: int = Field(8, ge=1)     # prompts per step, per process (N processes sample N x this)
     micro_batch_size: int = Field(64, ge=1)    # completions per forward/backward (the step's loss spans them all)
@@ -197,7 +246,8 @@ class RLStage(Section):
 
 
 class EvalSection(Section):
-    max_prompts_per_family: int = Field(50, ge=1)  # held-out prompts per built-in family
+    tasks: Optional[TaskList] = None                # held-out task sources after sft and rl; None = sft's sources (sft), the built-in families + rl's sources (rl)
+    max_prompts_per_family: int = Field(50, ge=1)  # held-out prompts per task source
     max_new_tokens: int = Field(128, ge=1)          # generation budget
     benchmarks: list[str] = []                      # gsm8k, arc_easy, arc_challenge, hellaswag, mmlu
     benchmark_limit: int = Field(200, ge=1)         # questions per benchmark
