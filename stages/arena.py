@@ -6,7 +6,7 @@
     lifecycle rank recipes/tiny.yaml --rollouts <pairs> --out <rankings>   # people judge them; then the
     lifecycle arena runs/tiny/sft runs/tiny/rl --judge human          # same command again scores them
 
-Every checkpoint answers the same held-out prompts (make_tasks(..., split="test"), families round-robin);
+Every checkpoint answers the same held-out prompts (test split of rl's task sources, else sft's; round-robin);
 every pair of checkpoints meets on every prompt. A judge scores each answer (verifier: right/wrong;
 rm: the reward model's score; any `module:function` reward, see reward/combine.py); the higher score wins
 and equal scores tie. People judge through the ranking page: each pair is a rollout record with K=2
@@ -151,12 +151,10 @@ def games_from_rankings(rankings: list[dict]) -> list[Game]:
 
 # ------------------------------------------------------------------ playing
 def held_out_tasks(families: list[str], n: int, seed: int):
-    """n held-out tasks, families taken in turn."""
-    from stages.data.tasks import make_tasks
+    """n held-out tasks, sources (specs or built-in family names) taken in turn."""
+    from stages.data.tasks.sources import interleave, load_tasks
     per = -(-n // len(families))
-    pools = [make_tasks(f, per, seed, "test") for f in families]
-    tasks = [pool[i] for i in range(per) for pool in pools if i < len(pool)]
-    return tasks[:n]
+    return interleave([load_tasks(f, per, seed, "test") for f in families], n)
 
 
 def answer_all(checkpoint: str, tasks, max_new_tokens: int, temperature: float, seed: int) -> tuple[list[str], list[str]]:
@@ -217,7 +215,8 @@ def arena_cli(args) -> int:
     if args.prompts < 1:
         raise UserError(f"--prompts {args.prompts}: expected at least 1")
     recipe = load_recipe(args.recipe)
-    families = list(recipe.rl.families or recipe.sft.families or FAMILIES)
+    rl, sft = recipe.rl, recipe.sft
+    families = list(rl.tasks or rl.families or sft.tasks or sft.families or FAMILIES)
     max_new = args.max_new_tokens or recipe.eval.max_new_tokens
     settings = {"prompts": args.prompts, "families": families, "seed": recipe.seed, "max_new_tokens": max_new,
                 "temperature": args.temperature}

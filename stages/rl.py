@@ -6,7 +6,8 @@
 Sections of run(), top to bottom:
 1. load the policy (inputs["policy"]: the SFT dir or rl.from) and a frozen copy as the reference;
 2. the reward mix (reward/combine.py): rl.rewards, default {verifier: 1} for GRPO, {rm: 1} for PPO;
-3. held-out eval before RL (stages.eval_tasks.evaluate_families on every built-in family: greedy
+3. held-out eval before RL (stages.eval_tasks.evaluate_families on eval.tasks, else every built-in family
+   and rl's own task sources (stages/data/tasks/sources.py): greedy
    pass@1, pass@k at the sampling temperature; plus mean RM reward, KL to the reference and length
    on sampled completions; a table of samples);
 4. readiness check (GRPO): pass@G at the sampling temperature and the share of prompt groups whose
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError
+from stages.data.tasks.sources import load_tasks, rl_train_count, stage_sources
 
 DEFAULT_REWARDS = {"grpo": {"verifier": 1.0}, "ppo": {"rm": 1.0}}
 READINESS_PROMPTS = 16   # prompts in the readiness check (x G samples each)
@@ -53,7 +55,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     rewards = cfg.rewards or DEFAULT_REWARDS[cfg.algorithm]
     mix = RewardMix(rewards, inputs.get("reward_model"), device=str(device))
     rm_fn = mix.parts.get("rm") or _load_rm(inputs.get("reward_model"), device)
-    n_train = max(cfg.max_steps * cfg.prompts_per_step // len(families), 64)
+    n_train = rl_train_count(cfg, len(families))
     train_tasks = [t for fam in families for t in make_tasks(fam, n_train, ctx.seed, "train")]
     ctx.log(f"{cfg.algorithm}: policy {inputs['policy']}, rewards {rewards}, train families {families}, "
             f"{len(train_tasks)} train prompts")
@@ -99,16 +101,17 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
 
 
 def train_families(cfg) -> list[str]:
+    """rl's task sources: rl.tasks, else its built-in families (all six by default)."""
     from stages.data.tasks import FAMILIES
     unknown = [f for f in cfg.families if f not in FAMILIES]
     if unknown:
         raise UserError(f"rl.families: unknown family {unknown[0]!r}; expected some of {', '.join(FAMILIES)}")
-    return list(cfg.families) or list(FAMILIES)
+    return list(cfg.tasks) if cfg.tasks is not None else list(cfg.families) or list(FAMILIES)
 
 
 def make_tasks(family, n, seed, split):
-    from stages.data.tasks import make_tasks as make
-    return make(family, n, seed, split)
+    """Tasks of one source (a spec or a built-in family name)."""
+    return load_tasks(family, n, seed, split)
 
 
 def frozen_copy(model):
@@ -176,15 +179,15 @@ def diagnose(out, G, n_wrong, n_systematic, n) -> str:
 
 # ---------------------------------------------------------------- held-out eval
 def evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, tag: str) -> dict[str, float]:
-    """eval/* metrics on held-out prompts of every family, and a table of samples."""
-    from stages.data.tasks import FAMILIES
+    """eval/* metrics on held-out prompts of every eval source (stage_sources "rl_eval"), and a table of samples."""
     from stages.eval_tasks import evaluate_families
     cfg, ev = recipe.rl, recipe.eval
+    specs = stage_sources(recipe, "rl_eval")
     t0 = time.time()
-    out = evaluate_families(model, tokenizer, list(FAMILIES), ev.max_prompts_per_family, ctx.seed,
+    out = evaluate_families(model, tokenizer, specs, ev.max_prompts_per_family, ctx.seed,
                             ev.max_new_tokens, use_tools=True, samples=1, temperature=0.0)
     if cfg.eval_samples > 1:
-        passk = evaluate_families(model, tokenizer, list(FAMILIES), ev.max_prompts_per_family, ctx.seed,
+        passk = evaluate_families(model, tokenizer, specs, ev.max_prompts_per_family, ctx.seed,
                                   ev.max_new_tokens, use_tools=True, samples=cfg.eval_samples,
                                   temperature=cfg.temperature)
         out.update({k: v for k, v in passk.items() if k.startswith("eval/pass@")})
@@ -197,11 +200,12 @@ def evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, tag: str) -> dict[
 @torch.no_grad()
 def sampled_stats(model, reference, tokenizer, recipe, rm_fn, ctx, tag) -> dict[str, float]:
     """Mean RM reward, KL(policy || reference) per completion and length on sampled held-out completions."""
-    from stages.data.tasks import FAMILIES, score
+    from stages.data.tasks import score
     from stages.grpo import batched_logps, collate, sample_groups
     cfg = recipe.rl
     n = min(STATS_PER_FAMILY, recipe.eval.max_prompts_per_family)
-    tasks = [t for fam in FAMILIES for t in make_tasks(fam, n, ctx.seed, "test")]
+    groups = [make_tasks(spec, n, ctx.seed, "test") for spec in stage_sources(recipe, "rl_eval")]
+    tasks = [t for group in groups for t in group]
     comps, prompts, fields = sample_groups(model, tokenizer, tasks, cfg, 1, seed=ctx.seed + 7)
     texts = [c.text for c in comps]
     device = next(model.parameters()).device
@@ -214,8 +218,9 @@ def sampled_stats(model, reference, tokenizer, recipe, rm_fn, ctx, tag) -> dict[
     rm_scores = rm_fn(prompts, texts, **fields) if rm_fn else [None] * len(texts)
     if rm_fn:
         out["eval/rm_reward"] = float(sum(rm_scores) / len(rm_scores))
+    first_two = [j < 2 for group in groups for j in range(len(group))]
     rows = [[tag, t.family, prompts[i], texts[i], score(t, texts[i]), rm_scores[i]]
-            for i, t in enumerate(tasks) if i % n < 2]
+            for i, t in enumerate(tasks) if first_two[i]]
     ctx.tracker.table(f"samples/{tag}", ["when", "family", "prompt", "completion", "correct", "rm"], rows)
     return out
 

@@ -57,17 +57,19 @@ def prompt_id(index: int, family: str, messages: list[dict]) -> str:
 
 # ---------------------------------------------------------------- prompts
 def rollout_tasks(families: list[str], num_prompts: int, seed: int) -> list:
-    """num_prompts training-split tasks, families interleaved (so any prefix or hash split mixes them).
+    """num_prompts training-split tasks, sources interleaved (so any prefix or hash split mixes them).
 
-    Drawn with seed+1, so they are mostly other prompts than SFT's (which uses the recipe seed)."""
-    from stages.data.tasks import FAMILIES, make_tasks
+    `families`: task source specs or built-in family names ([] = all six). Drawn with seed+1, so they are
+    mostly other prompts than SFT's (which uses the recipe seed). A finite source that runs out leaves the
+    others to fill in."""
+    from stages.data.tasks import FAMILIES
+    from stages.data.tasks.sources import interleave, load_tasks
     families = list(families) or list(FAMILIES)
-    unknown = [f for f in families if f not in FAMILIES]
+    unknown = [f for f in families if ":" not in f and f not in FAMILIES]
     if unknown:
         raise UserError(f"rm.families: unknown family {unknown[0]!r}; expected some of {', '.join(FAMILIES)}")
     per = -(-num_prompts // len(families))
-    pools = [make_tasks(f, per, seed + 1, "train") for f in families]
-    return [pools[i % len(families)][i // len(families)] for i in range(num_prompts)]
+    return interleave([load_tasks(f, per, seed + 1, "train") for f in families], num_prompts)
 
 
 # ---------------------------------------------------------------- the rollouts file
@@ -143,10 +145,11 @@ def make_rollouts(model, tokenizer, tasks: list, path: str | Path, *, k: int, te
 
 def rollouts_for_recipe(recipe, model_dir: str | Path, path: str | Path, device: str, log=print) -> list[dict]:
     """The recipe's rollouts from the policy in model_dir (generated or resumed)."""
+    from stages.data.tasks.sources import stage_sources
     from stages.model import load_causal_lm
     cfg = recipe.rm
     model, tokenizer = load_causal_lm(model_dir, device=device)
-    tasks = rollout_tasks(cfg.families, cfg.num_prompts, recipe.seed)
+    tasks = rollout_tasks(stage_sources(recipe, "rm"), cfg.num_prompts, recipe.seed)
     records = make_rollouts(model, tokenizer, tasks, path, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens, seed=recipe.seed, policy=policy_fingerprint(model_dir),
                             log=log)

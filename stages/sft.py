@@ -10,7 +10,8 @@ anyway, the loop starts in well under a second here, and it keeps one exact prop
 step is summed over the step's trained tokens on every process and divided by their global count, so
 N processes x micro-batch b compute the same update as 1 process x N*b (TRL normalises per process).
 
-- Data: `sft.datasets` entries are "builtin" (stages/data/tasks, train split) or conversation datasets
+- Data: `sft.datasets` entries are "builtin" / "tasks" (demonstrations of the `sft.tasks` sources, train
+  split: stages/data/tasks/sources.py; the built-in families by default) or conversation datasets
   (stages/data/conversations.py). Malformed and over-long rows are skipped, counted, and listed with
   file:line in data_report.json.
 - Packing (optional): conversations are best-fit into max_length rows with position ids restarting
@@ -18,8 +19,9 @@ N processes x micro-batch b compute the same update as 1 process x N*b (TRL norm
   so a conversation never attends to its neighbours (unlike pretraining-style packing).
 - LoRA (optional, peft): adapters on every linear layer, merged into the weights at the end, so the
   output is a plain HF model dir.
-- Eval at the end: held-out prompts of each built-in family, accuracy and format compliance, for the
-  starting model (base/...) and the SFT model (eval/...); the calculator family also without the tool.
+- Eval at the end: held-out prompts of each task source (eval.tasks, else sft's), accuracy and format
+  compliance, for the starting model (base/...) and the SFT model (eval/...); the calculator family also
+  without the tool.
 """
 from __future__ import annotations
 
@@ -32,29 +34,37 @@ import torch.nn.functional as F
 from pipeline.errors import UserError
 from stages.data.chat import IGNORE, render_training
 from stages.data.conversations import SkipReport, load_conversations
-from stages.data.tasks import DEFAULT_SYSTEM, FAMILIES, make_tasks
+from stages.data.tasks import DEFAULT_SYSTEM, FAMILIES
+from stages.data.tasks.sources import label_of, load_tasks, sft_train_count, source_of, stage_sources
 from stages.eval_tasks import evaluate_families
 
 
 # ---------------------------------------------------------------- data
 def check_families(cfg) -> list[str]:
-    for key, names in (("families", cfg.families), ("family_weights", list(cfg.family_weights))):
-        bad = [f for f in names if f not in FAMILIES]
-        if bad:
-            raise UserError(f"sft.{key}: unknown {', '.join(bad)}; expected some of {', '.join(FAMILIES)}")
+    """sft's task sources (sft.tasks, else the built-in families), checked again for recipes built in code."""
+    bad = [f for f in cfg.families if f not in FAMILIES]
+    if bad:
+        raise UserError(f"sft.families: unknown {', '.join(bad)}; expected some of {', '.join(FAMILIES)}")
+    specs = list(cfg.tasks) if cfg.tasks is not None else list(cfg.families) or list(FAMILIES)
+    labels = [label_of(s) for s in specs]
+    bad = [f for f in cfg.family_weights if f not in labels]
+    if bad:
+        raise UserError(f"sft.family_weights: unknown {', '.join(bad)}; expected some of {', '.join(labels)}")
     if any(w < 0 for w in cfg.family_weights.values()):
         raise UserError("sft.family_weights: weights must be >= 0")
-    return list(cfg.families) or list(FAMILIES)
+    return specs
 
 
 def builtin_conversations(cfg, seed: int, families: list[str]) -> list[tuple[str, list[dict]]]:
-    """The built-in tasks, shuffled; a multi_turn_share of them continue with the next task as a second
-    user turn (when that one has no system prompt of its own), so the model also sees multi-turn chats."""
+    """The task sources' demonstrations (`families`: specs or built-in family names), shuffled; a multi_turn_share
+    of them continue with the next task as a second user turn (when that one has no system prompt of its own),
+    so the model also sees multi-turn chats."""
     items = []
-    for family in families:
-        n = round(cfg.builtin_train_per_family * cfg.family_weights.get(family, 1.0))
-        tasks = make_tasks(family, n, seed, "train") if n > 0 else []
-        items += [(f"builtin:{family}:{i}", t.messages) for i, t in enumerate(tasks)]
+    for spec in families:
+        n = sft_train_count(cfg, spec)
+        tasks = load_tasks(spec, n, seed, "train") if n > 0 else []
+        source = source_of(spec)
+        items += [(f"{source.kind}:{source.label}:{i}", t.messages) for i, t in enumerate(tasks)]
     rng = random.Random(f"{seed}:sft:builtin")
     rng.shuffle(items)
     out, i = [], 0
@@ -72,7 +82,7 @@ def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipR
     """(input_ids, labels) for every usable conversation of every dataset, in dataset order."""
     conversations: list[tuple[str, list[dict]]] = []
     for spec in cfg.datasets:
-        if spec == "builtin":
+        if spec in ("builtin", "tasks"):
             builtin = builtin_conversations(cfg, seed, families)
             conversations += builtin
             report.kept += len(builtin)
@@ -215,7 +225,7 @@ def evaluate(model, tokenizer, cfg, families: list[str], seed: int, prefix: str,
     """Held-out family metrics under `prefix`, plus <prefix>/acc_no_tool/calculator when asked."""
     kwargs = dict(n_per_family=cfg.builtin_test_per_family, seed=seed, max_new_tokens=cfg.eval_max_new_tokens)
     metrics, rows = evaluate_families(model, tokenizer, families, prefix=prefix, return_rows=True, **kwargs)
-    if no_tool and "calculator" in families:
+    if no_tool and "calculator" in [label_of(f) for f in families]:
         bare = evaluate_families(model, tokenizer, ["calculator"], use_tools=False, prefix="bare", **kwargs)
         metrics[f"{prefix}/acc_no_tool/calculator"] = bare["bare/acc/calculator"]
         metrics[f"{prefix}/format_no_tool/calculator"] = bare["bare/format/calculator"]
@@ -231,6 +241,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     world, main = accelerator.num_processes, accelerator.is_main_process
     model, tokenizer = load_start_model(inputs["model"])
     families = check_families(cfg)
+    eval_specs = stage_sources(recipe, "sft_eval")
     report = SkipReport()
     examples = build_examples(cfg, tokenizer, recipe.seed, families, report)
     if main:
@@ -253,7 +264,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         if partitions_at_load(accelerator):  # [scale-out] under ZeRO-3 `model` holds only this rank's shard
             with whole_model_loading(accelerator):
                 base_model = load_start_model(inputs["model"])[0].to(accelerator.device)
-        base, _ = evaluate(base_model, tokenizer, cfg, families, recipe.seed, "base", no_tool=False)
+        base, _ = evaluate(base_model, tokenizer, cfg, eval_specs, recipe.seed, "base", no_tool=False)
         del base_model
         metrics.update(base)
         ctx.log("base: " + _summary(base, "base"))
@@ -293,10 +304,10 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         from stages.model import load_causal_lm
         with whole_model_loading(accelerator):
             model, _ = load_causal_lm(ctx.out_dir, device=str(accelerator.device))
-        final, table = evaluate(model, tokenizer, cfg, families, recipe.seed, "eval", no_tool=True)
+        final, table = evaluate(model, tokenizer, cfg, eval_specs, recipe.seed, "eval", no_tool=True)
         metrics.update(final)
         ctx.tracker.table("samples", ["family", "prompt", "completion", "answer", "score", "well_formed"],
-                          [r for f in families for r in [x for x in table if x[0] == f][:3]])
+                          [r for f in map(label_of, eval_specs) for r in [x for x in table if x[0] == f][:3]])
         ctx.log("sft: " + _summary(final, "eval"))
         ctx.tracker.log(metrics, step=cfg.max_steps)
     accelerator.wait_for_everyone()

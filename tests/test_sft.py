@@ -156,8 +156,15 @@ def test_stage_reports_over_long_rows(tmp_path, tiny_model, tiny_tokenizer):
 
 
 def test_stage_rejects_unknown_family(tmp_path, tiny_model, tiny_tokenizer):
+    # the recipe refuses them when it loads (tests/test_task_sources.py); a config built past the schema
+    # still meets the stage's own check
+    from pydantic import ValidationError
+
     from pipeline.errors import UserError
-    with pytest.raises(UserError, match="sft.families"):
+    from stages.sft import check_families
+    with pytest.raises(ValidationError, match="unknown built-in family 'poetry'"):
         _run_stage(tmp_path, tiny_model, tiny_tokenizer, families=["poetry"])
+    with pytest.raises(UserError, match="sft.families"):
+        check_families(SFTStage().model_copy(update={"families": ["poetry"]}))
     with pytest.raises(UserError, match="sft.family_weights"):
-        _run_stage(tmp_path, tiny_model, tiny_tokenizer, family_weights={"poetry": 2})
+        check_families(SFTStage().model_copy(update={"family_weights": {"poetry": 2}}))
