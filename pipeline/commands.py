@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pipeline.recipe import load_recipe
 from pipeline.runner import Runner, status_rows
+from stages.data.tasks.sources import describe
 
 
 def _stages(arg: str | None) -> list[str] | None:
@@ -30,6 +31,8 @@ def plan_cmd(args) -> int:
         print(f"{item.spec.name:<{width}}  {item.action:<13}  {item.reason}")
         for role, info in item.inputs.items():
             print(f"{'':<{width}}    input {role}: {info['path']}")
+        for line in describe(runner.recipe, item.spec.name):  # task sources: prompts drawn per split
+            print(f"{'':<{width}}    tasks {line}")
         print(f"{'':<{width}}    launch: {item.command}")
     return 0
 

@@ -26,6 +26,7 @@ from pipeline import artifacts, launch
 from pipeline.errors import StageFailed, UserError
 from pipeline.recipe import recipe_to_dict
 from pipeline.schema import Distributed, Recipe
+from stages.data.tasks.sources import preflight
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,11 @@ class Runner:
     def run(self, requested: list[str] | None = None, force: tuple[str, ...] = ()) -> list[PlanItem]:
         self._check_writable()
         self._recover_finished()
-        for item in self.plan(requested, force):
+        items = self.plan(requested, force)
+        for item in items:  # every task source a stage will read, before any stage writes (one-line errors)
+            if item.action == "run":
+                preflight(self.recipe, item.spec.name)
+        for item in items:
             if item.action == "skip":
                 print(f"{item.spec.name}: up to date ({self.run_dir / item.spec.name})", flush=True)
                 continue
