@@ -159,13 +159,12 @@ class Runner:
 
     # ------------------------------------------------------------------ running
     def run(self, requested: list[str] | None = None, force: tuple[str, ...] = ()) -> list[PlanItem]:
-        self._check_writable()
-        self._recover_finished()
-        items = self.plan(requested, force)
-        for item in items:  # every task source a stage will read, before any stage writes (one-line errors)
+        for item in self.plan(requested, force):  # every task source a stage will read, before anything is written
             if item.action == "run":
                 preflight(self.recipe, item.spec.name)
-        for item in items:
+        self._check_writable()
+        self._recover_finished()
+        for item in self.plan(requested, force):
             if item.action == "skip":
                 print(f"{item.spec.name}: up to date ({self.run_dir / item.spec.name})", flush=True)
                 continue

@@ -158,7 +158,7 @@ class SFTStage(Section, TaskStage):
     builtin_test_per_family: int = Field(50, ge=1)     # built-in generator: held-out prompts per family
     tasks: Optional[TaskList] = None           # task sources (docs/tasks.md) for demonstrations and the held-out eval; None = builtin:<f> for f in families
     families: list[Family] = []                # built-in task families (shorthand for tasks); [] = all
-    family_weights: dict[str, float] = {}      # source label -> multiplier on builtin_train_per_family (0-10); missing = 1
+    family_weights: dict[str, float] = {}      # source label -> multiplier on builtin_train_per_family (0-10); missing = 1; built-in families sft does not read are ignored
     multi_turn_share: float = Field(0.2, ge=0, le=1)  # built-in conversations continued by another task as a 2nd turn
     system_prompt: Optional[str] = None        # system prompt `lifecycle chat` uses with this model (system_prompt.txt); None = the built-in identity prompt
     max_length: int = Field(256, ge=16)        # tokens per conversation; longer ones are skipped (counted)
@@ -177,7 +177,7 @@ class SFTStage(Section, TaskStage):
     def _weights_name_sources(self):
         labels = [parse_source(s).label for s in (self.tasks if self.tasks is not None else self.families or FAMILIES)]
         for key, weight in self.family_weights.items():
-            if key not in labels:
+            if key not in labels and key not in FAMILIES:  # a built-in family's weight may outlive it (extends)
                 raise ValueError(f"family_weights: '{key}' is not the label of one of sft's task sources"
                                  f"{hint(key, labels)} (labels: {', '.join(labels)})")
             if weight < 0:

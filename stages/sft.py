@@ -47,7 +47,7 @@ def check_families(cfg) -> list[str]:
         raise UserError(f"sft.families: unknown {', '.join(bad)}; expected some of {', '.join(FAMILIES)}")
     specs = list(cfg.tasks) if cfg.tasks is not None else list(cfg.families) or list(FAMILIES)
     labels = [label_of(s) for s in specs]
-    bad = [f for f in cfg.family_weights if f not in labels]
+    bad = [f for f in cfg.family_weights if f not in labels and f not in FAMILIES]
     if bad:
         raise UserError(f"sft.family_weights: unknown {', '.join(bad)}; expected some of {', '.join(labels)}")
     if any(w < 0 for w in cfg.family_weights.values()):

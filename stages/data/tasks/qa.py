@@ -116,7 +116,8 @@ def _choice_task(item, label: str) -> Task:
     listed = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
     letter = LETTERS[item.gold]
     question = f"{head}\n{listed}\nReply with the letter of the right choice."
-    return _task(label, question, f"The right choice is {letter}: {choices[item.gold]}.", letter,
+    stop = "" if choices[item.gold].endswith((".", "!", "?")) else "."
+    return _task(label, question, f"The right choice is {letter}: {choices[item.gold]}{stop}", letter,
                  {"verifier": "choice", "choices": choices})
 
 
