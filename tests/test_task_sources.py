@@ -316,13 +316,13 @@ def test_plan_lists_each_stages_sources_and_prompt_counts(tmp_path):
     train = len(load_tasks(f"gsm8k:{path}", 1000, 0, "train"))
     test = 100 - train
     lines = [" ".join(line.split()) for line in proc.stdout.splitlines()]
-    assert f"tasks train train {min(50, train)} of {train} gsm8k:{path} (as qa)" in lines
-    assert "tasks train train 50 generated builtin:identity" in lines
-    assert f"tasks eval test {min(50, test)} of {test} gsm8k:{path} (as qa)" in lines   # sft.builtin_test_per_family
-    assert f"tasks rollouts train 40 generated {GYM_ADD} (as basic_arithmetic)" in lines
-    assert f"tasks train train {train} of {train} gsm8k:{path} (as qa)" in lines   # rl: max(100*8, 64) asked
-    assert f"tasks eval test 7 of {test} gsm8k:{path} (as qa)" in lines
-    assert "tasks eval test 7 generated arithmetic" in lines
+    assert f"tasks train train {min(50, train)} of {train} qa gsm8k:{path}" in lines
+    assert "tasks train train 50 generated identity builtin:identity" in lines
+    assert f"tasks eval test {min(50, test)} of {test} qa gsm8k:{path}" in lines   # sft.builtin_test_per_family
+    assert f"tasks rollouts train 40 generated basic_arithmetic {GYM_ADD}" in lines
+    assert f"tasks train train {train} of {train} qa gsm8k:{path}" in lines   # rl: max(100*8, 64) asked
+    assert f"tasks eval test 7 of {test} qa gsm8k:{path}" in lines
+    assert "tasks eval test 7 generated arithmetic arithmetic" in lines
 
 
 def test_alpaca_rows_are_conversations():

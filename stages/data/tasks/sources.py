@@ -131,17 +131,17 @@ def preflight(recipe, stage: str) -> None:
 
 
 def describe(recipe, stage: str) -> list[str]:
-    """Plan lines: what the stage draws from each source (use, split, count; of how many a finite one holds)."""
+    """Plan lines: what the stage draws from each source (use, split, count, of how many a finite one holds;
+    the source's metric label, its spec)."""
     lines = []
     for use, spec, split, n in stage_draws(recipe, stage):
         label, problem = label_of(spec), ""
-        named = spec if label == spec or spec.endswith(f":{label}") else f"{spec} (as {label})"
         try:
             available = _available(spec, split, recipe.seed)
             count = f"{n} generated" if available is None else f"{min(n, available)} of {available}"
         except UserError as exc:
             count, problem = "?", f"  -- not readable here: {str(exc).removeprefix(spec + ': ')[:120]}"
-        lines.append(f"{use:<8} {split:<5} {count:>14}  {named}{problem}")
+        lines.append(f"{use:<8} {split:<5} {count:>14}  {label:<16} {spec}{problem}")
     return lines
 
 
