@@ -26,14 +26,14 @@ from pipeline import artifacts, launch
 from pipeline.errors import StageFailed, UserError
 from pipeline.recipe import recipe_to_dict
 from pipeline.schema import Distributed, Recipe
-from stages.data.tasks.sources import preflight
+from stages.data.tasks.sources import preflight, task_files
 
 
 @dataclass(frozen=True)
 class StageSpec:
     name: str
     entry: str                                  # "module:function" implementing run(cfg, inputs, ctx)
-    config_keys: tuple[str, ...]                # recipe sections that define the stage (fingerprinted)
+    config_keys: tuple[str, ...]                # recipe sections that define the stage (fingerprinted; + local task files)
     inputs: Callable[[Recipe], dict[str, str]]  # role -> upstream stage name, or "ext:<path or hub id>"
     distributed: bool = True                    # False: always one process (the tokenizer trains on one CPU)
 
@@ -103,6 +103,9 @@ class Runner:
         for section in config.values():
             if isinstance(section, dict):
                 section.pop("distributed", None)
+        files = task_files(self.recipe, spec.name)
+        if files:  # local task files are read like recipe sections: their contents are part of the stage
+            config["task_files"] = files
         return config
 
     def distributed_for(self, spec: StageSpec) -> Distributed:

@@ -338,3 +338,16 @@ def test_task_meta_survives_a_rollouts_file(tmp_path):
     task = gsm8k_task({"question": "q?", "answer": "x\n#### 1,234"}, "gsm8k")
     record = json.loads(json.dumps({"meta": task.meta}))
     assert score(Task("gsm8k", [], "1234", record["meta"]), "Answer: 1234") == 1.0
+
+
+def test_editing_a_local_task_file_makes_its_stages_stale(tmp_path):
+    from pipeline.runner import STAGES, Runner
+    path = write_jsonl(tmp_path / "qa.jsonl", gsm8k_rows(10))
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\nrl:\n  tasks: [gsm8k:{path}]\n  control: false\n")
+    spec = {s.name: s for s in STAGES}
+    before = {n: Runner(load_recipe(recipe_path), recipe_path).stage_config(spec[n]) for n in ("sft", "rl")}
+    write_jsonl(path, gsm8k_rows(11))
+    after = {n: Runner(load_recipe(recipe_path), recipe_path).stage_config(spec[n]) for n in ("sft", "rl")}
+    assert before["sft"] == after["sft"] and "task_files" not in before["sft"]   # sft does not read it
+    assert before["rl"]["task_files"] != after["rl"]["task_files"]

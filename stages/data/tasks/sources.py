@@ -19,7 +19,10 @@ anything, so a missing file, a bad row, an unreachable hub id or an empty split 
 """
 from __future__ import annotations
 
+import hashlib
 import random
+from functools import lru_cache
+from pathlib import Path
 
 from pipeline.errors import UserError
 from stages.data.tasks import FAMILIES, Task, make_tasks
@@ -113,6 +116,7 @@ def stage_draws(recipe, stage: str) -> list[tuple[str, str, str, int]]:
 
 
 # ---------------------------------------------------------------- before a stage runs, and `lifecycle plan`
+@lru_cache(maxsize=256)
 def _available(spec: str, split: str, seed: int) -> int | None:
     """Tasks a finite source holds in `split` (None for generated sources, after generating one to check)."""
     if not is_finite(spec):
@@ -128,6 +132,18 @@ def preflight(recipe, stage: str) -> None:
         if n > 0 and _available(spec, split, recipe.seed) == 0:
             raise UserError(f"{stage}: task source '{spec}' has no {split} rows (an empty task set); "
                             f"expected at least one")
+
+
+def task_files(recipe, stage: str) -> dict[str, str]:
+    """Local task files the stage reads -> sha256 of their bytes (for the stage's fingerprint): editing a
+    file reruns the stages that read it, as editing the recipe does."""
+    out = {}
+    for _, spec, _, _ in stage_draws(recipe, stage):
+        source = source_of(spec)
+        path = Path(source.name).expanduser()
+        if source.local and path.is_file() and str(path) not in out:
+            out[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return out
 
 
 def describe(recipe, stage: str) -> list[str]:
