@@ -6,6 +6,8 @@
     score(tasks[0], "...\\nAnswer: 432<|end|>")   # 1.0
 
 Every assistant answer puts its working first and ends with the line "Answer: <value>".
+These are the `builtin:<family>` task sources; stages draw every source (reasoning-gym, GSM8K/MATH/Q&A/
+multiple-choice files and hub sets too) through stages/data/tasks/sources.py (docs/tasks.md).
 Splits: a prompt belongs to "test" iff sha256(family, prompt) falls in the bottom 20% (SPLIT_TEST_SHARE),
 independent of the seed, so train and test are disjoint for any pair of seeds. make_tasks draws from a
 seeded random.Random and keeps the prompts of the requested split: same (family, n, seed, split), same tasks.
