@@ -59,7 +59,8 @@ def test_specs_parse_with_labels_hub_configs_and_gym_params():
     ("builtin:arithmetc", "unknown built-in family 'arithmetc' — did you mean 'arithmetic'?"),
     ("gym:basic_arithmetc", "unknown gym dataset 'basic_arithmetc' — did you mean 'basic_arithmetic'?"),
     ("gym:basic_arithmetic?max_term=2", "has no parameter 'max_term' — did you mean 'max_terms'?"),
-    ("gym:basic_arithmetic?seed=3", "'seed' is set by the stage"),
+    ("gym:basic_arithmetic?seed=3", "seed= needs size= (a fixed pool of items)"),
+    ("gym:basic_arithmetic?size=0", "size= expected a whole number >= 1, got 0"),
     ("gym:basic_arithmetic?min_terms=5&max_terms=2", "bad parameters for gym dataset 'basic_arithmetic'"),
     ("gsm8k:data.jsonl?limit=3", "unknown option 'limit'; gsm8k sources take only label="),
     ("gsm8k:notahubid", "neither a local .jsonl/.json/.parquet file nor a hub id"),
@@ -219,6 +220,15 @@ def test_gym_tasks_split_score_and_rescore_from_a_rollout_record():
         record = json.loads(json.dumps({"family": task.family, "prompt_messages": task.prompt_messages(),
                                         "answer": task.answer, "meta": task.meta}))
         assert verifier_tier(_task(record), f"Answer: {task.answer}<|end|>") == 3
+
+
+def test_gym_size_makes_a_fixed_pool_split_80_20():
+    spec = "gym:basic_arithmetic?max_terms=2&max_digits=2&size=150&seed=4"
+    train, test = load_tasks(spec, 1000, 0, "train"), load_tasks(spec, 1000, 0, "test")
+    assert len(train) + len(test) == 150 and 10 <= len(test) <= 50
+    assert not {t.prompt_messages()[0]["content"] for t in train} & {t.prompt_messages()[0]["content"] for t in test}
+    assert {t.answer for t in load_tasks(spec, 1000, 9, "test")} == {t.answer for t in test}   # the pool, reshuffled
+    assert test[0].meta["gym_params"] == {"max_terms": 2, "max_digits": 2}
 
 
 def test_gym_worked_solution_comes_from_answer_cot():

@@ -9,6 +9,8 @@ right). The worked solution is `metadata["answer_cot"]` where the dataset has on
 `#### N` line turned into our "Answer: N"; otherwise the demonstration is the answer line alone.
 Splits as for the built-in families: an item is "test" iff sha256("gym:<name>", question) falls in the bottom
 20%; each (seed, label, split) reads its own gym seed, so draws are deterministic and the splits disjoint.
+With `size=N` (and `seed=S`, default 0) the source is instead a fixed pool: items 0..N-1 of one gym seed, split
+by the same hash, drawn like a file (`gym_pool`).
 Items whose answer spans several lines are skipped (the "Answer:" line cannot hold them); a dataset that yields
 none is a UserError. Each task's meta holds the item (JSON-normalised), so a rollout record can be re-scored.
 """
@@ -16,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 
 from pipeline.errors import UserError
 from stages.data.tasks import ANSWER_PREFIX, Task, split_of
-from stages.data.tasks.spec import Source
+from stages.data.tasks.spec import GYM_POOL, Source
 
 
 def _seed(seed: int, label: str, split: str) -> int:
@@ -42,7 +45,8 @@ def item_task(source: Source, item: dict) -> Task | None:
         return None
     working = worked_solution(entry.get("metadata") or {})
     content = f"{working}\n{ANSWER_PREFIX} {answer}" if working else f"{ANSWER_PREFIX} {answer}"
-    meta = {"verifier": "gym", "gym": source.name, "gym_params": dict(source.params), "entry": entry}
+    params = {k: v for k, v in source.params if k not in GYM_POOL}
+    meta = {"verifier": "gym", "gym": source.name, "gym_params": params, "entry": entry}
     return Task(source.label, [{"role": "user", "content": entry["question"].strip()},
                                {"role": "assistant", "content": content}], answer, meta)
 
@@ -54,8 +58,8 @@ def gym_tasks(source: Source, n: int, seed: int, split: str) -> list[Task]:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     size = 50 * n + 1000
-    dataset = reasoning_gym.create_dataset(source.name, seed=_seed(seed, source.label, split), size=size,
-                                           **dict(source.params))
+    params = {k: v for k, v in source.params if k not in GYM_POOL}
+    dataset = reasoning_gym.create_dataset(source.name, seed=_seed(seed, source.label, split), size=size, **params)
     tasks: list[Task] = []
     seen: set[str] = set()
     for idx in range(size):
@@ -74,3 +78,15 @@ def gym_tasks(source: Source, n: int, seed: int, split: str) -> list[Task]:
     if n > 0 and not tasks:
         raise UserError(f"{source.spec}: no usable {split} items (answers on one line) in {size} drawn")
     return tasks
+
+
+@lru_cache(maxsize=32)
+def gym_pool(source: Source, split: str) -> tuple[Task, ...]:
+    """The `split` side of a fixed pool (`size=N`, `seed=S`): items 0..N-1, hash-split, in item order."""
+    import reasoning_gym
+    pool = dict(source.params)
+    params = {k: v for k, v in pool.items() if k not in GYM_POOL}
+    dataset = reasoning_gym.create_dataset(source.name, seed=pool.get("seed", 0), size=pool["size"], **params)
+    tasks = (item_task(source, dataset[i]) for i in range(pool["size"]))
+    return tuple(t for t in tasks if t is not None
+                 and split_of(f"gym:{source.name}", t.prompt_messages()[-1]["content"]) == split)

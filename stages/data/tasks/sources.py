@@ -48,19 +48,28 @@ def load_tasks(spec: str | Source, n: int, seed: int, split: str) -> list[Task]:
     source = source_of(spec)
     if source.kind == "builtin":
         return make_tasks(source.name, n, seed, split)
-    if source.kind == "gym":
+    if source.kind == "gym" and "size" not in dict(source.params):
         from stages.data.tasks.gym import gym_tasks
         return gym_tasks(source, n, seed, split)
-    from stages.data.tasks.rows import pool
-    tasks = pool(source, split)
+    tasks = _pool(source, split)
     if n > 0 and not tasks:
         raise UserError(f"task source '{source.spec}' has no {split} rows (an empty task set); expected at least one")
     picked = random.Random(f"{seed}:{source.label}:{split}").sample(range(len(tasks)), min(n, len(tasks)))
     return [tasks[i] for i in picked]
 
 
+def _pool(source: Source, split: str) -> tuple[Task, ...]:
+    """All tasks of one split of a finite source (a file, a hub split, a gym pool with size=)."""
+    if source.kind == "gym":
+        from stages.data.tasks.gym import gym_pool
+        return gym_pool(source, split)
+    from stages.data.tasks.rows import pool
+    return pool(source, split)
+
+
 def is_finite(spec: str | Source) -> bool:
-    return source_of(spec).kind not in ("builtin", "gym")
+    source = source_of(spec)
+    return source.kind != "builtin" and (source.kind != "gym" or "size" in dict(source.params))
 
 
 # ---------------------------------------------------------------- which sources each stage reads
@@ -122,8 +131,7 @@ def _available(spec: str, split: str, seed: int) -> int | None:
     if not is_finite(spec):
         load_tasks(spec, 1, seed, split)
         return None
-    from stages.data.tasks.rows import pool
-    return len(pool(source_of(spec), split))
+    return len(_pool(source_of(spec), split))
 
 
 def preflight(recipe, stage: str) -> None:

@@ -8,7 +8,8 @@
 Grammar: `KIND:WHERE[?key=value&key=value]`.
 - KIND `builtin`: WHERE is a built-in family (stages/data/tasks: arithmetic, spelling, ...).
 - KIND `gym`: WHERE is a reasoning-gym dataset; the query holds its config fields (values read as YAML:
-  `min_terms=2`, `operators=[+,-]`); `seed` and `size` are the stage's.
+  `min_terms=2`, `operators=[+,-]`). Without `size` every draw generates fresh items (seeded per stage and
+  split); `size=N` (optionally `seed=S`, default 0) makes the source a fixed pool of N items, split 80/20.
 - KIND `gsm8k`, `math`, `qa`, `arc`, `mmlu`, `hellaswag` name a row layout (stages/data/tasks/qa.py); WHERE is
   a local .jsonl/.json/.parquet file or a hub id `owner/name[:config][@split]`.
 The query key `label` names the source in metrics (`eval/acc/<label>`); default: the family, the gym dataset,
@@ -30,7 +31,7 @@ from stages.data.tasks import FAMILIES
 DATASET_KINDS = ("gsm8k", "math", "qa", "arc", "mmlu", "hellaswag")
 KINDS = ("builtin", "gym") + DATASET_KINDS
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
-GYM_RESERVED = ("seed", "size")   # set by the stage: a seed per split, a size covering the draw
+GYM_POOL = ("seed", "size")   # a fixed pool of `size` items from `seed`, instead of fresh items per draw
 _LABEL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -124,15 +125,23 @@ def check_gym(name: str, params: dict, spec: str) -> None:
     if name not in DATASETS:
         raise ValueError(f"'{spec}': unknown gym dataset '{name}'{hint(name, DATASETS)}")
     config_cls = DATASETS[name][1]
-    fields = [f.name for f in dataclasses.fields(config_cls) if f.name not in GYM_RESERVED]
+    fields = [f.name for f in dataclasses.fields(config_cls) if f.name not in GYM_POOL]
+    if "seed" in params and "size" not in params:
+        raise ValueError(f"'{spec}': seed= needs size= (a fixed pool of items); without size each stage and split "
+                         "draws fresh items from its own seed")
+    for key in GYM_POOL:
+        if key in params and (not isinstance(params[key], int) or isinstance(params[key], bool) or params[key] < 0
+                              or (key == "size" and params[key] < 1)):
+            raise ValueError(f"'{spec}': {key}= expected a whole number{' >= 1' if key == 'size' else ''}, "
+                             f"got {params[key]!r}")
     for key in params:
-        if key in GYM_RESERVED:
-            raise ValueError(f"'{spec}': '{key}' is set by the stage (a seed per split, a size per draw); remove it")
+        if key in GYM_POOL:
+            continue
         if key not in fields:
             raise ValueError(f"'{spec}': gym dataset '{name}' has no parameter '{key}'{hint(key, fields)} "
                              f"(it has: {', '.join(fields)})")
     try:
-        config = config_cls(**params, seed=0, size=1)
+        config = config_cls(**{k: v for k, v in params.items() if k not in GYM_POOL}, seed=0, size=1)
         if hasattr(config, "validate"):
             config.validate()
     except Exception as exc:  # reasoning-gym asserts; the user needs the reason in one line
