@@ -15,3 +15,7 @@ class StageFailed(Exception):
     def __init__(self, stage: str, log_path: str, cause: str):
         super().__init__(f"stage '{stage}' failed: {cause} (log: {log_path})")
         self.stage, self.log_path = stage, log_path
+
+
+class BadValue(ValueError):
+    """A refused recipe value whose message already names it: the one-line recipe error adds no ", got ..."."""

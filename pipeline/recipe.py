@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.errors import UserError
+from pipeline.errors import BadValue, UserError
 from pipeline.files import MAX_RECIPE_BYTES, read_text
-from pipeline.schema import Recipe, Unknown
+from pipeline.schema import Recipe
 
 MAX_EXTENDS = 16  # depth of an `extends:` chain
 # A value quoted in an error stays short, however big the value (a 100,000-character name, a deep list).
@@ -162,8 +162,8 @@ def _apply_override(raw: dict, item: str) -> None:
 # ------------------------------------------------------------------ error messages
 def _describe(err: dict, raw: dict, path: Path) -> str:
     loc = [str(p) for p in err["loc"]]
-    dotted = ".".join(loc)
-    line = _line_of(path, loc)
+    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    line = _line_of(path, list(err["loc"]))
     where = f"{path}:{line}" if line else f"{path}"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -179,7 +179,7 @@ def _describe(err: dict, raw: dict, path: Path) -> str:
     got = _SHORT.repr(err.get("input"))
     if kind == "value_error":  # our own validators (pipeline/schema.py) say what they expected
         error = err["ctx"]["error"]
-        return f"{where}: {dotted}: {error}" + ("" if isinstance(error, Unknown) else f", got {got}")
+        return f"{where}: {dotted}: {error}" + ("" if isinstance(error, BadValue) else f", got {got}")
     if kind == "literal_error":
         return f"{where}: {dotted}: expected {err['ctx']['expected']}, got {got}"
     expected = _expected(kind, err)
@@ -232,14 +232,18 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _line_of(path: Path, loc: list[str]) -> int | None:
-    """1-based line of the deepest key of `loc` present in the file (None if not in it)."""
+def _line_of(path: Path, loc: list) -> int | None:
+    """1-based line of the deepest key (or list item, for an int) of `loc` present in the file (None if not in it)."""
     try:
         node = yaml.compose(path.read_text())
     except Exception:
         return None
     line = None
     for part in loc:
+        if isinstance(part, int) and isinstance(node, yaml.SequenceNode) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for key_node, value_node in node.value:

@@ -24,7 +24,7 @@ import yaml
 
 from pipeline import artifacts, launch
 from pipeline.errors import StageFailed, UserError
-from pipeline.recipe import recipe_to_dict
+from pipeline.recipe import RecipeView, recipe_to_dict
 from pipeline.schema import Distributed, Recipe
 
 
@@ -50,6 +50,8 @@ class Kind:
 
 
 DATA_CHECK = "stages.data.sources:preflight"  # local data files read (and small corpora split) up front
+TASK_CHECK = "stages.data.tasks.sources:preflight"  # every task source a stage draws from, read up front
+TASK_FILES = "stages.data.tasks.sources:task_files"  # local task files a stage reads -> hashes of their bytes
 KINDS = {
     "tokenizer": Kind("stages.tokenizer:run", ("seed", "data", "tokenizer"), "", distributed=False, check=DATA_CHECK),
     "pretrain": Kind("stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"), "model", check=DATA_CHECK),
@@ -149,7 +151,14 @@ class Runner:
         for section in config.values():
             if isinstance(section, dict):
                 section.pop("distributed", None)
+        files = launch.load_entry(TASK_FILES)(self.view(spec), spec.kind or spec.name)
+        if files:  # local task files are read like recipe sections: their contents are part of the stage
+            config["task_files"] = files
         return config
+
+    def view(self, spec: StageSpec) -> RecipeView:
+        """The whole recipe as this stage names its sections (a declared stage's own section under its kind)."""
+        return RecipeView(self.recipe, tuple(type(self.recipe).model_fields), spec.name)
 
     def distributed_for(self, spec: StageSpec) -> Distributed:
         return self.recipe.distributed_for(spec.name) if spec.distributed else Distributed()
@@ -224,9 +233,12 @@ class Runner:
         written: a bad input fails with nothing under output_dir."""
         done = set()
         for item in self.plan(requested, force):
-            if item.action != "skip" and item.spec.check and item.spec.check not in done:
+            if item.action == "skip":
+                continue
+            if item.spec.check and item.spec.check not in done:
                 launch.load_entry(item.spec.check)(self.recipe)
                 done.add(item.spec.check)
+            launch.load_entry(TASK_CHECK)(self.view(item.spec), item.spec.kind or item.spec.name)
 
     def _recover_finished(self) -> None:
         """A .tmp dir holding a manifest finished but was not renamed (killed in between): promote it."""

@@ -4,9 +4,8 @@ extra="forbid" everywhere, so a mistyped key is an error (pipeline/recipe.py tur
 with the key path and a close-match suggestion). Numbers such as `1e-4` (a string to YAML) are
 coerced to float by pydantic's lax mode.
 
-Every number has an upper bound and every string and list a length limit, so no recipe value can
-make a stage hang or exhaust memory (a billion eval prompts, a 100,000-character run name); nan and
-inf are refused, and names, paths and ids may not hold control characters.
+Every number has an upper bound and every string and list a length limit (pipeline/recipe_values.py),
+so no recipe value can make a stage hang or exhaust memory; names are checked against what exists.
 """
 from __future__ import annotations
 
@@ -17,77 +16,26 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.files import CONTROL
+from pipeline.errors import BadValue
+from pipeline.recipe_values import (
+    BIG,
+    GEN_TOKENS,
+    STEPS,
+    BenchmarkFiles,
+    Benchmarks,
+    Families,
+    Name,
+    PathText,
+    Prose,
+    Rankers,
+    TaskList,
+    TaskStage,
+    _not_dots,
+    check_reward_parts,
+    known,
+)
 from stages.data.tasks import FAMILIES
-
-_CONTROL_IN_NAME = re.compile(r"[\x00-\x1f\x7f]")
-BIG = 10**9            # counts (rows, prompts, tokens) beyond this are typos, not plans
-STEPS = 10**8          # optimizer/RL steps and their intervals
-GEN_TOKENS = 1 << 17   # generation budgets and sequence lengths (131,072 tokens)
-
-
-def _no_control(pattern: re.Pattern):
-    def check(value: str) -> str:
-        bad = pattern.search(value)
-        if bad is not None:
-            raise ValueError(f"expected text without control characters (found 0x{ord(bad.group()):02x})")
-        return value
-    return AfterValidator(check)
-
-
-def _not_dots(value: str) -> str:
-    if set(value) == {"."}:
-        raise ValueError("expected a run name, not a path such as '.' or '..'")
-    return value
-
-
-Name = Annotated[str, Field(max_length=256), _no_control(_CONTROL_IN_NAME)]     # ids, fields, families, hosts
-PathText = Annotated[str, Field(max_length=4096), _no_control(_CONTROL_IN_NAME)]  # a file, glob, dir or hub id
-Prose = Annotated[str, Field(max_length=100_000), _no_control(CONTROL)]         # free text (newlines allowed)
-Weight = Annotated[float, Field(ge=0, le=1000)]
-
-REWARD_PARTS = ("verifier", "format", "rm")    # reward/combine.py's built-in parts; others are 'module:function'
-RANKERS = ("verifier", "judge", "human")        # reward/ranking.py's ranking sources
-BENCHMARK_NAMES = ("gsm8k", "arc_easy", "arc_challenge", "hellaswag", "mmlu")  # stages/eval/benchmarks.py
-
-
-class Unknown(ValueError):
-    """A refused value whose message already names it (recipe errors then add no ", got ...")."""
-
-
-def known(names, allowed: tuple[str, ...], what: str):
-    """names unchanged if every one is in `allowed`; else a ValueError naming the first stranger and the
-    closest allowed name. (An empty `names` is returned as it is.)"""
-    for name in names:
-        if name not in allowed:
-            close = difflib.get_close_matches(str(name), allowed, n=1, cutoff=0.5)
-            hint = f" — did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(allowed)}"
-            raise Unknown(f"unknown {what} '{name}'{hint}")
-    return names
-
-
-def check_reward_parts(rewards: dict[str, float]) -> dict[str, float]:
-    """Reward names are built-in parts or 'module:function' (imported when the stage builds the mix)."""
-    known([n for n in rewards if ":" not in n], REWARD_PARTS, "reward (or 'module:function')")
-    for name in rewards:
-        module, _, func = name.partition(":")
-        if ":" in name and not (module and func):
-            raise Unknown(f"reward '{name}': expected 'module:function'")
-    return rewards
-
-
-def check_family_weights(weights: dict[str, float]) -> dict[str, float]:
-    known(list(weights), FAMILIES, "family")
-    for family, w in weights.items():
-        if not 0 <= w <= 10:
-            raise Unknown(f"weight of '{family}' is {w}; expected 0 to 10")
-    return weights
-
-
-Families = Annotated[list[str], AfterValidator(lambda v: known(v, FAMILIES, "family"))]
-Rankers = Annotated[list[str], AfterValidator(lambda v: known(v, RANKERS, "ranker"))]
-Benchmarks = Annotated[list[str], AfterValidator(lambda v: known(v, BENCHMARK_NAMES, "benchmark"))]
-BenchmarkFiles = Annotated[dict[Name, PathText], AfterValidator(lambda v: (known(list(v), BENCHMARK_NAMES, "benchmark"), v)[1])]
+from stages.data.tasks.spec import hint, parse_source
 
 
 class Section(BaseModel):
@@ -108,7 +56,6 @@ class Section(BaseModel):
         return merged
 
 
-# ---------------------------------------------------------------- run-level groups
 class Tracking(Section):
     wandb: bool = True                      # log to W&B; offline (runs/<name>/wandb) when no API key
     project: Name = "llm-lifecycle"         # W&B project
@@ -194,15 +141,16 @@ class PretrainStage(Section):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
 
 
-class SFTStage(Section):
+class SFTStage(Section, TaskStage):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
     from_: Optional[PathText] = Field(None, alias="from")  # start from an HF model dir / hub id, not pretrain
-    datasets: list[PathText] = Field(["builtin"], max_length=64)  # "builtin", a hub id ("id[:config][@split]"), or a local .jsonl/.json/.parquet path
+    datasets: list[PathText] = Field(["builtin"], max_length=64)  # "builtin" (= "tasks": demonstrations of sft.tasks), a conversation hub id ("id[:config][@split]") or local .jsonl/.json/.parquet (messages, ShareGPT, Alpaca)
     dataset_max_rows: int = Field(20_000, ge=1, le=100_000_000)  # rows read per hub/local dataset (hub ones stream)
     builtin_train_per_family: int = Field(2000, ge=1, le=1_000_000)  # built-in generator: train conversations per family
     builtin_test_per_family: int = Field(50, ge=1, le=10_000)  # built-in generator: held-out prompts per family
-    families: Families = Field([], max_length=64)  # built-in task families; [] = all
-    family_weights: Annotated[dict[Name, Annotated[float, Field(ge=0, le=10)]], AfterValidator(check_family_weights)] = Field({}, max_length=64)  # family -> multiplier on builtin_train_per_family (0-10); missing = 1
+    tasks: Optional[TaskList] = Field(None, max_length=64)  # task sources (docs/tasks.md) for demonstrations and the held-out eval; None = builtin:<f> for f in families
+    families: Families = Field([], max_length=64)  # built-in task families (shorthand for tasks); [] = all
+    family_weights: dict[Name, Annotated[float, Field(ge=0, le=10)]] = Field({}, max_length=64)  # source label -> multiplier on builtin_train_per_family (0-10); missing = 1; built-in families sft does not read are ignored
     multi_turn_share: float = Field(0.2, ge=0, le=1)  # built-in conversations continued by another task as a 2nd turn
     system_prompt: Optional[Prose] = None      # system prompt `lifecycle chat` uses with this model (system_prompt.txt); None = the built-in identity prompt
     max_length: int = Field(256, ge=16, le=GEN_TOKENS)  # tokens per conversation; longer ones are skipped (counted)
@@ -219,8 +167,19 @@ class SFTStage(Section):
     checkpoint_every: int = Field(100, ge=1, le=STEPS)  # steps between resumable checkpoints (in <stage>.tmp/checkpoints)
     keep_checkpoints: bool = False             # keep checkpoints/ in the final dir (else deleted)
 
+    @model_validator(mode="after")
+    def _weights_name_sources(self):
+        labels = [parse_source(s).label for s in (self.tasks if self.tasks is not None else self.families or FAMILIES)]
+        for key, weight in self.family_weights.items():
+            if key not in labels and key not in FAMILIES:  # a built-in family's weight may outlive it (extends)
+                raise BadValue(f"family_weights: '{key}' is not the label of one of sft's task sources"
+                                 f"{hint(key, labels)} (labels: {', '.join(labels)})")
+            if weight < 0:
+                raise BadValue(f"family_weights: '{key}': expected a weight >= 0, got {weight}")
+        return self
 
-class RMStage(Section):
+
+class RMStage(Section, TaskStage):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
     from_: Optional[PathText] = Field(None, alias="from")  # init from an HF model dir / hub id, not sft
     num_prompts: int = Field(200, ge=1, le=1_000_000)  # prompts to roll out
@@ -228,7 +187,8 @@ class RMStage(Section):
     temperature: float = Field(1.0, gt=0, le=100)  # rollout sampling temperature
     top_p: float = Field(1.0, gt=0, le=1)      # rollout nucleus sampling
     max_new_tokens: int = Field(96, ge=1, le=GEN_TOKENS)  # rollout length
-    families: Families = Field([], max_length=64)  # built-in task families to roll out; [] = all
+    tasks: Optional[TaskList] = Field(None, max_length=64)  # task sources whose train prompts are rolled out (docs/tasks.md); None = builtin:<f> for f in families
+    families: Families = Field([], max_length=64)  # built-in task families to roll out (shorthand for tasks); [] = all
     rankers: Rankers = Field(["verifier"], max_length=8)  # mix of: verifier, judge, human (from rankings.jsonl)
     tie_break: Literal["none", "shorter"] = "none"  # verifier: same-tier completions tie, or the shorter wins
     judge_model: Optional[PathText] = None     # judge ranker: HF chat model dir / hub id
@@ -248,12 +208,13 @@ class RMStage(Section):
     keep_checkpoints: bool = False             # keep checkpoints/ in the final dir (else deleted)
 
 
-class RLStage(Section):
+class RLStage(Section, TaskStage):
     distributed: Optional[Distributed] = None  # this stage's processes/engine; None = the run-level `distributed`
     from_: Optional[PathText] = Field(None, alias="from")  # policy: an HF model dir / hub id, not sft
     algorithm: Literal["grpo", "ppo"] = "grpo"  # grpo: verifiable rewards; ppo: against the RM
     rewards: Annotated[dict[Name, Annotated[float, Field(ge=-1000, le=1000)]], AfterValidator(check_reward_parts)] = Field({}, max_length=64)  # reward parts -> weights: verifier, format, rm, module:function; {} = {verifier: 1} (grpo) / {rm: 1} (ppo)
-    families: Families = Field([], max_length=64)  # built-in task families to train on; [] = all
+    tasks: Optional[TaskList] = Field(None, max_length=64)  # task sources to train on (docs/tasks.md); None = builtin:<f> for f in families
+    families: Families = Field([], max_length=64)  # built-in task families to train on (shorthand for tasks); [] = all
     max_steps: int = Field(100, ge=1, le=STEPS)  # RL steps: one rollout batch each, then ppo_epochs optimizer steps
     prompts_per_step: int = Field(8, ge=1, le=65_536)  # prompts per step, per process (N processes sample N x this)
     micro_batch_size: int = Field(64, ge=1, le=65_536)  # completions per forward/backward (the step's loss spans them all)
@@ -321,7 +282,8 @@ class DPOStage(Section):
 
 
 class EvalSection(Section):
-    max_prompts_per_family: int = Field(50, ge=1, le=10_000)  # held-out prompts per built-in family (1-10,000)
+    tasks: Optional[TaskList] = Field(None, max_length=64)  # held-out task sources after sft and rl; None = sft's sources (sft), the built-in families + rl's sources (rl)
+    max_prompts_per_family: int = Field(50, ge=1, le=10_000)  # held-out prompts per task source (1-10,000)
     max_new_tokens: int = Field(128, ge=1, le=GEN_TOKENS)  # generation budget
     benchmarks: Benchmarks = Field([], max_length=16)  # gsm8k, arc_easy, arc_challenge, hellaswag, mmlu
     benchmark_limit: int = Field(200, ge=1, le=1_000_000)  # questions per benchmark
@@ -345,14 +307,14 @@ def parse_stage(entry, index: int) -> dict:
             known([entry], DEFAULT_CHAIN, "stage (declare a new one as {name: ..., kind: ...})")
         return {"name": entry, "kind": entry, "fields": None}
     if not isinstance(entry, dict) or "name" not in entry:
-        raise Unknown(f"entry {index}: expected a stage name or a mapping with name and kind")
+        raise BadValue(f"entry {index}: expected a stage name or a mapping with name and kind")
     fields = {k: v for k, v in entry.items() if k not in ("name", "kind")}
     name, kind = str(entry["name"]), entry.get("kind")
     if name in DEFAULT_CHAIN:
-        raise Unknown(f"stage '{name}': a default stage is configured in its top-level section '{name}:', "
+        raise BadValue(f"stage '{name}': a default stage is configured in its top-level section '{name}:', "
                          f"not here; list it by name alone")
     if not re.match(STAGE_NAME, name):
-        raise Unknown(f"stage name '{name}': expected a letter, then letters, digits, _ or -")
+        raise BadValue(f"stage name '{name}': expected a letter, then letters, digits, _ or -")
     known([kind], tuple(KIND_SECTION), f"kind for stage '{name}'")
     try:
         KIND_SECTION[kind].model_validate(fields)
@@ -362,8 +324,8 @@ def parse_stage(entry, index: int) -> dict:
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(where.split(".")[-1], list(KIND_SECTION[kind].model_fields), n=1)
             hint = f" — did you mean '{close[0]}'?" if close else ""
-            raise Unknown(f"stage '{name}' ({kind}): unknown key '{where}'{hint}") from None
-        raise Unknown(f"stage '{name}' ({kind}): {where}: {err['msg']}") from None
+            raise BadValue(f"stage '{name}' ({kind}): unknown key '{where}'{hint}") from None
+        raise BadValue(f"stage '{name}' ({kind}): {where}: {err['msg']}") from None
     return {"name": name, "kind": kind, "fields": fields}
 
 
@@ -391,17 +353,17 @@ class Recipe(Section):
         names = [s["name"] for s in chain]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise Unknown(f"stages: two stages named '{twice[0]}'")
+            raise BadValue(f"stages: two stages named '{twice[0]}'")
         for i, stage in enumerate(chain):
             ref = self.from_of(stage["name"])
             if ref is None or ref not in names and not _looks_like_stage(ref, names):
                 continue
             if ref not in names:
                 close = difflib.get_close_matches(ref, names, n=1, cutoff=0.6)
-                raise Unknown(f"stage '{stage['name']}': from '{ref}' is no stage of this recipe and no model dir"
+                raise BadValue(f"stage '{stage['name']}': from '{ref}' is no stage of this recipe and no model dir"
                                  + (f" — did you mean '{close[0]}'?" if close else ""))
             if names.index(ref) >= i:
-                raise Unknown(f"stage '{stage['name']}' takes from '{ref}', which does not come before it "
+                raise BadValue(f"stage '{stage['name']}' takes from '{ref}', which does not come before it "
                                  f"(stages run in the listed order; a cycle cannot run)")
         return self
 

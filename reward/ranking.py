@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline.errors import UserError
 from pipeline.files import read_lines
 from reward.ranking_page import read_rankings
+from stages.data.conversations import parse_hub_spec
 from stages.data.special_tokens import END
 from stages.data.tasks import Task, is_well_formed, score
 
@@ -198,7 +199,8 @@ def collect_rankings(cfg, rollouts: list[dict], device: str = "cpu", log=print) 
 
 
 def load_pairs(spec: str, limit: int) -> list[Ranked]:
-    """A chosen/rejected dataset (hub id or local .jsonl/.json/.parquet) as K=2 rankings.
+    """A chosen/rejected dataset (hub id `id[:config][@split]`, default split train, or a local .jsonl/.json/.parquet)
+    as K=2 rankings.
 
     Rows: {"chosen": [messages], "rejected": [messages]} (UltraFeedback-binarized style: the last turn is
     the answer), {"prompt", "chosen", "rejected"} strings, or {"chosen", "rejected"} whole texts (HH-RLHF)."""
@@ -206,12 +208,13 @@ def load_pairs(spec: str, limit: int) -> list[Ranked]:
     kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
     if path.exists() and kind is None:
         raise UserError(f"rm.pairs_datasets: '{spec}' must be .jsonl, .json or .parquet")
+    hub_id, config, split = parse_hub_spec(spec)  # a hub id may name its config and split: id[:config][@split]
     if path.exists() and kind == "json":  # datasets would fail on bad bytes only when a row is read
         for _ in read_lines(path, "pairs dataset"):
             pass
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train") if path.exists() \
-            else datasets.load_dataset(spec, split="train")
+            else datasets.load_dataset(hub_id, config, split=split)
     except Exception as exc:  # datasets raises many types; the user needs the one line
         raise UserError(f"rm.pairs_datasets: cannot load '{spec}' ({type(exc).__name__}: {str(exc)[:120]})") from None
     if not {"chosen", "rejected"} <= set(ds.column_names):

@@ -6,7 +6,8 @@
 Sections of run(), top to bottom:
 1. load the policy (inputs["policy"]: the SFT dir or rl.from) and a frozen copy as the reference;
 2. the reward mix (reward/combine.py): rl.rewards, default {verifier: 1} for GRPO, {rm: 1} for PPO;
-3. held-out eval before RL, and (GRPO) the readiness check (stages/policy_gradient/evaluate.py);
+3. held-out eval before RL (eval.tasks, else every built-in family and rl's own task sources), and (GRPO)
+   the readiness check (stages/policy_gradient/evaluate.py);
 4. train: stages/policy_gradient/grpo.py or stages/policy_gradient/ppo.py, both `train(RLRun)` (stages/policy_gradient/rollout.py), with
    the reward-hacking monitor (stages/policy_gradient/monitor.py) when an RM is a reward;
 5. save the HF dir, eval after, and the gain per family;
@@ -29,7 +30,8 @@ from accelerate import Accelerator
 from pipeline.distributed import configure_engine, save_model_gathered
 from reward.combine import RewardMix
 from reward.model_scorer import load_reward_fn
-from stages.data.tasks import FAMILIES, make_tasks
+from stages.data.tasks import FAMILIES
+from stages.data.tasks.sources import load_tasks, rl_train_count
 from stages.lm.checkpoints import Checkpoints
 from stages.lm.finetune import add_lora, merge_lora
 from stages.lm.model import load_causal_lm, mask_padded_vocab, save_model
@@ -46,7 +48,7 @@ TRAIN = {"grpo": grpo.train, "ppo": ppo.train}
 
 def run(recipe, inputs, ctx) -> dict[str, float]:
     cfg = recipe.rl
-    families = list(cfg.families) or list(FAMILIES)
+    families = list(cfg.tasks) if cfg.tasks is not None else list(cfg.families) or list(FAMILIES)  # task sources
     accelerator = Accelerator()
     device = accelerator.device
     policy, tokenizer = load_causal_lm(inputs["policy"], device=str(device))
@@ -55,8 +57,8 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     rewards = cfg.rewards or DEFAULT_REWARDS[cfg.algorithm]
     mix = RewardMix(rewards, inputs.get("reward_model"), device=str(device))
     rm_fn = mix.parts.get("rm") or _load_rm(inputs.get("reward_model"), device)
-    n_train = max(cfg.max_steps * cfg.prompts_per_step // len(families), 64)
-    train_tasks = [t for fam in families for t in make_tasks(fam, n_train, ctx.seed, "train")]
+    n_train = rl_train_count(cfg, len(families))
+    train_tasks = [t for fam in families for t in load_tasks(fam, n_train, ctx.seed, "train")]
     ctx.log(f"{cfg.algorithm}: policy {inputs['policy']}, rewards {rewards}, train families {families}, "
             f"{len(train_tasks)} train prompts")
 

@@ -10,7 +10,8 @@ anyway, the loop starts in well under a second here, and it keeps one exact prop
 step is summed over the step's trained tokens on every process and divided by their global count, so
 N processes x micro-batch b compute the same update as 1 process x N*b (TRL normalises per process).
 
-- Data: `sft.datasets` entries are "builtin" (stages/data/tasks, train split) or conversation datasets
+- Data: `sft.datasets` entries are "builtin" / "tasks" (demonstrations of the `sft.tasks` sources, train
+  split: stages/data/tasks/sources.py; the built-in families by default) or conversation datasets
   (stages/data/conversations.py). Malformed and over-long rows are skipped, counted, and listed with
   file:line in data_report.json.
 - Packing (optional): conversations are best-fit into max_length rows with position ids restarting
@@ -20,8 +21,9 @@ N processes x micro-batch b compute the same update as 1 process x N*b (TRL norm
   output is a plain HF model dir.
 - Resume: a checkpoint every `checkpoint_every` steps (model, optimizer, scheduler, RNG states, the step,
   the base eval; stages/lm/checkpoints.py); a rerun after a kill continues from the last one.
-- Eval at the end: held-out prompts of each built-in family, accuracy and format compliance, for the
-  starting model (base/...) and the SFT model (eval/...); the calculator family also without the tool.
+- Eval at the end: held-out prompts of each task source (eval.tasks, else sft's), accuracy and format
+  compliance, for the starting model (base/...) and the SFT model (eval/...); the calculator family also
+  without the tool.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from pipeline.errors import UserError
 from stages.data.conversations import SkipReport
 from stages.data.sft_examples import build_examples, pack, train_families
 from stages.data.tasks import DEFAULT_SYSTEM
+from stages.data.tasks.sources import label_of, stage_sources
 from stages.eval.families import evaluate_families
 from stages.lm.checkpoints import Checkpoints
 from stages.lm.finetune import StepSchedule, add_lora, load_start_model, merge_lora, train_step
@@ -46,7 +49,7 @@ def evaluate(model, tokenizer, cfg, families: list[str], seed: int, prefix: str,
     """Held-out family metrics under `prefix`, plus <prefix>/acc_no_tool/calculator when asked."""
     kwargs = dict(n_per_family=cfg.builtin_test_per_family, seed=seed, max_new_tokens=cfg.eval_max_new_tokens)
     metrics, rows = evaluate_families(model, tokenizer, families, prefix=prefix, return_rows=True, **kwargs)
-    if no_tool and "calculator" in families:
+    if no_tool and "calculator" in [label_of(f) for f in families]:
         bare = evaluate_families(model, tokenizer, ["calculator"], use_tools=False, prefix="bare", **kwargs)
         metrics[f"{prefix}/acc_no_tool/calculator"] = bare["bare/acc/calculator"]
         metrics[f"{prefix}/format_no_tool/calculator"] = bare["bare/format/calculator"]
@@ -59,6 +62,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     world, main = accelerator.num_processes, accelerator.is_main_process
     model, tokenizer = load_start_model(inputs["model"])
     families = train_families(cfg)
+    eval_specs = stage_sources(recipe, "sft_eval")
     report = SkipReport()
     examples = build_examples(cfg, tokenizer, recipe.seed, families, report)
     if main:
@@ -83,7 +87,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         if partitions_at_load(accelerator):  # [scale-out] under ZeRO-3 `model` holds only this rank's shard
             with whole_model_loading(accelerator):
                 base_model = load_start_model(inputs["model"])[0].to(accelerator.device)
-        base, _ = evaluate(base_model, tokenizer, cfg, families, recipe.seed, "base", no_tool=False)
+        base, _ = evaluate(base_model, tokenizer, cfg, eval_specs, recipe.seed, "base", no_tool=False)
         del base_model
         metrics.update(base)
         ctx.log("base: " + _summary(base, "base"))
@@ -125,10 +129,10 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         # evaluate what was saved: the artifact the next stage gets, whole under any engine
         with whole_model_loading(accelerator):
             model, _ = load_causal_lm(ctx.out_dir, device=str(accelerator.device))
-        final, table = evaluate(model, tokenizer, cfg, families, recipe.seed, "eval", no_tool=True)
+        final, table = evaluate(model, tokenizer, cfg, eval_specs, recipe.seed, "eval", no_tool=True)
         metrics.update(final)
         ctx.tracker.table("samples", ["family", "prompt", "completion", "answer", "score", "well_formed"],
-                          [r for f in families for r in [x for x in table if x[0] == f][:3]])
+                          [r for f in map(label_of, eval_specs) for r in [x for x in table if x[0] == f][:3]])
         ctx.log("sft: " + _summary(final, "eval"))
         ctx.tracker.log(metrics, step=cfg.max_steps)
     ckpt.finish(cfg.keep_checkpoints)

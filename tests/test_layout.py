@@ -124,9 +124,10 @@ def test_top_of_stages_holds_exactly_the_stage_modules():
 
 def test_pipeline_core_does_not_import_stages():
     """Orchestration knows stages by their entry strings; only the command handlers import them
-    (and the schema, which checks names against the task registry)."""
+    (and the schema, which checks names against the task registry and task source specs)."""
     modules, _ = graphs()
-    allowed = {"pipeline.schema": {"stages.data.tasks"}}
+    registry = {"stages.data.tasks", "stages.data.tasks.spec"}
+    allowed = {"pipeline.schema": registry, "pipeline.recipe_values": registry}
     for module, deps in modules.items():
         if room(module) == "pipeline":
             reached = {d for d in deps if d.split(".")[0] in ("stages", "reward")} - allowed.get(module, set())

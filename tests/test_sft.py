@@ -163,5 +163,5 @@ def test_unknown_family_is_refused_when_the_recipe_loads(tmp_path):
     path.write_text("name: t\nsft: {families: [poetry]}\n")
     with pytest.raises(UserError, match="sft.families: unknown family 'poetry'"):
         load_recipe(path)
-    with pytest.raises(UserError, match="sft.family_weights: unknown family 'poetry'"):
+    with pytest.raises(UserError, match="family_weights: 'poetry' is not the label"):
         load_recipe(path, ["sft.families=[]", "sft.family_weights={poetry: 2}"])

@@ -48,7 +48,8 @@ def main(args) -> int:
     if args.prompts < 1:
         raise UserError(f"--prompts {args.prompts}: expected at least 1")
     recipe = load_recipe(args.recipe)
-    families = list(recipe.rl.families or recipe.sft.families or FAMILIES)
+    rl, sft = recipe.rl, recipe.sft
+    families = list(rl.tasks or rl.families or sft.tasks or sft.families or FAMILIES)
     max_new = args.max_new_tokens or recipe.eval.max_new_tokens
     settings = {"prompts": args.prompts, "families": families, "seed": recipe.seed, "max_new_tokens": max_new,
                 "temperature": args.temperature}

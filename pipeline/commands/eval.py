@@ -8,7 +8,7 @@
 Suites (the same names the stages log at their end, so W&B panels and the report compare them):
 - base:  eval/val_loss, eval/val_bpb on the recipe's held-out documents (stages.eval.bpb.val_bits_per_byte)
          and a table of sampled continuations (eval.samples of them);
-- chat:  eval/acc/<family>, eval/format/<family>, eval/acc, eval/format on held-out built-in tasks
+- chat:  eval/acc/<family>, eval/format/<family>, eval/acc, eval/format on held-out tasks of eval.tasks (else sft's)
          (stages.eval.families.evaluate_families, greedy, calculator on) and a completions table;
 - rm:    eval/pairwise_acc, eval/top1_acc (+ /<family>, and gold_ variants against the verifier) on
          the held-out ranked rollouts of the recipe's run (the rm stage's split and metrics, stages/rm/);
@@ -37,7 +37,7 @@ from pipeline.tracking import Tracker
 from reward.model_scorer import RewardModelScorer, load_reward_fn
 from reward.ranking import collect_rankings
 from stages.data.sources import split_documents
-from stages.data.tasks import FAMILIES
+from stages.data.tasks.sources import stage_sources
 from stages.eval.benchmarks import BENCHMARKS, run_benchmark
 from stages.eval.bpb import val_bits_per_byte
 from stages.eval.families import evaluate_families
@@ -100,7 +100,8 @@ def suite_base(model, tokenizer, recipe, limit: int | None = None) -> EvalResult
 
 
 def families_of(recipe) -> list[str]:
-    return list(recipe.sft.families or FAMILIES)
+    """The chat suite's task sources: eval.tasks, else sft's (stages/data/tasks/sources.py)."""
+    return stage_sources(recipe, "chat")
 
 
 def suite_chat(model, tokenizer, recipe, limit: int | None = None) -> EvalResult:

@@ -10,7 +10,8 @@ Sources (the `sft.datasets` entries other than "builtin"):
 - a hub id, optionally `id:config@split`; known defaults: HuggingFaceTB/smoltalk (config "all", split
   "train"), HuggingFaceH4/ultrachat_200k (split "train_sft"). Streamed, so only max_rows rows are read.
 - a local .jsonl / .json / .parquet file with a `messages` column (or ShareGPT `conversations` with
-  from/value keys: human -> user, gpt -> assistant).
+  from/value keys: human -> user, gpt -> assistant; or Alpaca `instruction`, optional `input`, `output`:
+  one user turn, the instruction and then the input after a blank line, and the output as the answer).
 Each row is checked (stages/data/chat.py check_roles, plus: our special tokens inside text, a trailing
 turn that is not the assistant's); bad rows are skipped and recorded with their file:line (or
 hub:id[split]:row), never raised. The SFT stage adds over-long rows to the same report.
@@ -70,15 +71,26 @@ def _text(content) -> str | None:
     return None
 
 
+def _alpaca(row: dict) -> list[dict] | None:
+    """An Alpaca row (instruction, optional input, output) as a user turn and an assistant turn."""
+    instruction, extra, output = row.get("instruction"), row.get("input") or "", row.get("output")
+    if not isinstance(instruction, str) or not isinstance(extra, str) or not isinstance(output, str):
+        return None
+    user = f"{instruction.strip()}\n\n{extra.strip()}" if extra.strip() else instruction
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
 def normalise_row(row) -> tuple[list[dict] | None, str | None]:
     """(messages, None) for a usable row, else (None, reason)."""
     if not isinstance(row, dict):
         return None, f"not a conversation: a {type(row).__name__}, expected an object"
     turns = row.get("messages")
+    if turns is None and row.get("conversations") is None and "instruction" in row:
+        turns = _alpaca(row)
     sharegpt = turns is None and row.get("conversations") is not None
     turns = row.get("conversations") if sharegpt else turns
     if not isinstance(turns, list):
-        return None, "not a conversation: no 'messages' (or 'conversations') list"
+        return None, "not a conversation: no 'messages' (or 'conversations', or Alpaca 'instruction'/'output')"
     messages = []
     for turn in turns:
         if not isinstance(turn, dict):

@@ -7,22 +7,26 @@ import random
 
 from stages.data.chat import IGNORE, render_training
 from stages.data.conversations import SkipReport, load_conversations
-from stages.data.tasks import FAMILIES, make_tasks
+from stages.data.tasks import FAMILIES
+from stages.data.tasks.sources import load_tasks, sft_train_count, source_of
 
 
 def train_families(cfg) -> list[str]:
-    """The families a stage section trains on (names were checked when the recipe loaded); [] = all."""
-    return list(cfg.families) or list(FAMILIES)
+    """The task sources a stage section trains on: its `tasks`, else its built-in families ([] = all six).
+    Names were checked when the recipe loaded."""
+    return list(cfg.tasks) if getattr(cfg, "tasks", None) is not None else list(cfg.families) or list(FAMILIES)
 
 
 def builtin_conversations(cfg, seed: int, families: list[str]) -> list[tuple[str, list[dict]]]:
-    """The built-in tasks, shuffled; a multi_turn_share of them continue with the next task as a second
-    user turn (when that one has no system prompt of its own), so the model also sees multi-turn chats."""
+    """The task sources' demonstrations (`families`: specs or built-in family names), shuffled; a multi_turn_share
+    of them continue with the next task as a second user turn (when that one has no system prompt of its own),
+    so the model also sees multi-turn chats."""
     items = []
-    for family in families:
-        n = round(cfg.builtin_train_per_family * cfg.family_weights.get(family, 1.0))
-        tasks = make_tasks(family, n, seed, "train") if n > 0 else []
-        items += [(f"builtin:{family}:{i}", t.messages) for i, t in enumerate(tasks)]
+    for spec in families:
+        n = sft_train_count(cfg, spec)
+        tasks = load_tasks(spec, n, seed, "train") if n > 0 else []
+        source = source_of(spec)
+        items += [(f"{source.kind}:{source.label}:{i}", t.messages) for i, t in enumerate(tasks)]
     rng = random.Random(f"{seed}:sft:builtin")
     rng.shuffle(items)
     out, i = [], 0
@@ -40,7 +44,7 @@ def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipR
     """(input_ids, labels) for every usable conversation of every dataset, in dataset order."""
     conversations: list[tuple[str, list[dict]]] = []
     for spec in cfg.datasets:
-        if spec == "builtin":
+        if spec in ("builtin", "tasks"):
             builtin = builtin_conversations(cfg, seed, families)
             conversations += builtin
             report.kept += len(builtin)

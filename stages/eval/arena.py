@@ -1,6 +1,6 @@
 """Arena: pairwise comparisons of checkpoints on held-out prompts, Bradley-Terry/Elo scores with CIs.
 
-Every checkpoint answers the same held-out prompts (make_tasks(..., split="test"), families round-robin);
+Every checkpoint answers the same held-out prompts (test split of rl's task sources, else sft's; round-robin);
 every pair of checkpoints meets on every prompt. A judge scores each answer (verifier: right/wrong;
 rm: the reward model's score; any `module:function` reward, see reward/combine.py); the higher score wins
 and equal scores tie. People judge through the ranking page: each pair is a rollout record with K=2
@@ -25,7 +25,7 @@ import torch
 from pipeline.errors import UserError
 from reward.combine import RewardMix
 from stages.data.chat import render_prompt
-from stages.data.tasks import make_tasks
+from stages.data.tasks.sources import interleave, load_tasks
 from stages.lm.generation import generate
 from stages.lm.model import load_causal_lm
 
@@ -151,11 +151,9 @@ def games_from_rankings(rankings: list[dict]) -> list[Game]:
 
 # ------------------------------------------------------------------ playing
 def held_out_tasks(families: list[str], n: int, seed: int):
-    """n held-out tasks, families taken in turn."""
+    """n held-out tasks, sources (specs or built-in family names) taken in turn."""
     per = -(-n // len(families))
-    pools = [make_tasks(f, per, seed, "test") for f in families]
-    tasks = [pool[i] for i in range(per) for pool in pools if i < len(pool)]
-    return tasks[:n]
+    return interleave([load_tasks(f, per, seed, "test") for f in families], n)
 
 
 def answer_all(checkpoint: str, tasks, max_new_tokens: int, temperature: float, seed: int) -> tuple[list[str], list[str]]:

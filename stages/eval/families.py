@@ -1,11 +1,12 @@
-"""Held-out evaluation on the built-in task families: accuracy and chat-format compliance per family.
+"""Held-out evaluation on task sources: accuracy and chat-format compliance per source.
 
     from stages.eval.families import evaluate_families
     metrics = evaluate_families(model, tok, ["arithmetic", "calculator"], n_per_family=50, seed=1337,
                                 max_new_tokens=128)
     # eval/acc/<family>, eval/format/<family>, eval/acc, eval/format (+ eval/pass@k/<family> with samples > 1)
 
-Prompts come from make_tasks(..., split="test"), so they never appeared in built-in SFT training data.
+`families` are task source specs or built-in family names (stages/data/tasks/sources.py); metrics are keyed
+by each source's label. Prompts come from the test split, so they never appeared in SFT's demonstrations.
 Accuracy is the mean score over all samples; pass@k is the share of prompts with at least one correct
 sample among k (k = samples). Format is is_well_formed: the turn ends with <|end|> after an
 "Answer: ..." line.
@@ -13,7 +14,8 @@ sample among k (k = samples). Format is is_well_formed: the turn ends with <|end
 from __future__ import annotations
 
 from stages.data.chat import render_prompt
-from stages.data.tasks import is_well_formed, make_tasks, score
+from stages.data.tasks import is_well_formed, score
+from stages.data.tasks.sources import label_of, load_tasks
 from stages.lm.generation import generate
 
 
@@ -25,8 +27,8 @@ def evaluate_families(model, tokenizer, families, n_per_family, seed, max_new_to
     metrics: dict[str, float] = {}
     rows: list[list] = []
     accs, formats = [], []
-    for family in families:
-        tasks = make_tasks(family, n_per_family, seed, "test")
+    for spec in families:
+        family, tasks = label_of(spec), load_tasks(spec, n_per_family, seed, "test")
         prompts = [render_prompt(tokenizer, t.prompt_messages()) for t in tasks]
         outs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                         num_samples=samples, use_tools=use_tools, seed=seed, batch_size=batch_size)

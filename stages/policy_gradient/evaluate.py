@@ -17,7 +17,8 @@ import torch
 
 from pipeline.errors import UserError
 from reward.verifiers import extract_answers
-from stages.data.tasks import FAMILIES, make_tasks, score
+from stages.data.tasks import score
+from stages.data.tasks.sources import load_tasks, stage_sources
 from stages.eval.families import evaluate_families
 from stages.lm.losses import zero_variance_fraction
 from stages.policy_gradient.control import continue_sft
@@ -75,13 +76,14 @@ def diagnose(out, G, n_wrong, n_systematic, n) -> str:
 
 # ---------------------------------------------------------------- held-out eval
 def evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, tag: str) -> dict[str, float]:
-    """eval/* metrics on held-out prompts of every family, and a table of samples."""
+    """eval/* metrics on held-out prompts of every eval source (stage_sources "rl_eval"), and a table of samples."""
+    specs = stage_sources(recipe, "rl_eval")
     cfg, ev = recipe.rl, recipe.eval
     t0 = time.time()
-    out = evaluate_families(model, tokenizer, list(FAMILIES), ev.max_prompts_per_family, ctx.seed,
+    out = evaluate_families(model, tokenizer, specs, ev.max_prompts_per_family, ctx.seed,
                             ev.max_new_tokens, use_tools=True, samples=1, temperature=0.0)
     if cfg.eval_samples > 1:
-        passk = evaluate_families(model, tokenizer, list(FAMILIES), ev.max_prompts_per_family, ctx.seed,
+        passk = evaluate_families(model, tokenizer, specs, ev.max_prompts_per_family, ctx.seed,
                                   ev.max_new_tokens, use_tools=True, samples=cfg.eval_samples,
                                   temperature=cfg.temperature)
         out.update({k: v for k, v in passk.items() if k.startswith("eval/pass@")})
@@ -96,7 +98,9 @@ def sampled_stats(model, reference, tokenizer, recipe, rm_fn, ctx, tag) -> dict[
     """Mean RM reward, KL(policy || reference) per completion and length on sampled held-out completions."""
     cfg = recipe.rl
     n = min(STATS_PER_FAMILY, recipe.eval.max_prompts_per_family)
-    tasks = [t for fam in FAMILIES for t in make_tasks(fam, n, ctx.seed, "test")]
+    groups = [load_tasks(spec, n, ctx.seed, "test") for spec in stage_sources(recipe, "rl_eval")]
+    tasks = [t for group in groups for t in group]
+    first_two = [j < 2 for group in groups for j in range(len(group))]
     comps, prompts, fields = sample_groups(model, tokenizer, tasks, cfg, 1, seed=ctx.seed + 7)
     texts = [c.text for c in comps]
     device = next(model.parameters()).device
@@ -110,7 +114,7 @@ def sampled_stats(model, reference, tokenizer, recipe, rm_fn, ctx, tag) -> dict[
     if rm_fn:
         out["eval/rm_reward"] = float(sum(rm_scores) / len(rm_scores))
     rows = [[tag, t.family, prompts[i], texts[i], score(t, texts[i]), rm_scores[i]]
-            for i, t in enumerate(tasks) if i % n < 2]
+            for i, t in enumerate(tasks) if first_two[i]]
     ctx.tracker.table(f"samples/{tag}", ["when", "family", "prompt", "completion", "correct", "rm"], rows)
     return out
 

@@ -21,7 +21,8 @@ from pipeline.errors import UserError
 from pipeline.files import read_jsonl
 from stages.data.chat import render_prompt
 from stages.data.special_tokens import END
-from stages.data.tasks import FAMILIES, make_tasks
+from stages.data.tasks import FAMILIES
+from stages.data.tasks.sources import interleave, load_tasks, stage_sources
 from stages.lm.generation import generate
 from stages.lm.model import load_causal_lm
 
@@ -60,13 +61,14 @@ def prompt_id(index: int, family: str, messages: list[dict]) -> str:
 
 # ---------------------------------------------------------------- prompts
 def rollout_tasks(families: list[str], num_prompts: int, seed: int) -> list:
-    """num_prompts training-split tasks, families interleaved (so any prefix or hash split mixes them).
+    """num_prompts training-split tasks, sources interleaved (so any prefix or hash split mixes them).
 
-    Drawn with seed+1, so they are mostly other prompts than SFT's (which uses the recipe seed)."""
+    `families`: task source specs or built-in family names ([] = all six). Drawn with seed+1, so they are
+    mostly other prompts than SFT's (which uses the recipe seed). A finite source that runs out leaves the
+    others to fill in."""
     families = list(families) or list(FAMILIES)
     per = -(-num_prompts // len(families))
-    pools = [make_tasks(f, per, seed + 1, "train") for f in families]
-    return [pools[i % len(families)][i // len(families)] for i in range(num_prompts)]
+    return interleave([load_tasks(f, per, seed + 1, "train") for f in families], num_prompts)
 
 
 # ---------------------------------------------------------------- the rollouts file
@@ -144,15 +146,17 @@ def make_rollouts(model, tokenizer, tasks: list, path: str | Path, *, k: int, te
 
 
 def rollouts_for_recipe(recipe, model_dir: str | Path, path: str | Path, device: str, log=print) -> list[dict]:
-    """The recipe's rollouts (its `rm` section) from the policy in model_dir (generated or resumed)."""
-    return sample_rollouts(recipe.rm, recipe.seed, model_dir, path, device, log)
+    """The recipe's rollouts (its `rm` section and task sources) from the policy in model_dir (generated or resumed)."""
+    return sample_rollouts(recipe.rm, recipe.seed, model_dir, path, device, log, stage_sources(recipe, "rm"))
 
 
-def sample_rollouts(cfg, seed: int, model_dir: str | Path, path: str | Path, device: str, log=print) -> list[dict]:
+def sample_rollouts(cfg, seed: int, model_dir: str | Path, path: str | Path, device: str, log=print,
+                    sources: list[str] | None = None) -> list[dict]:
     """Rollouts as a section asks for them (num_prompts, families, k, temperature, top_p, max_new_tokens:
-    the rm and dpo sections both have these) from the policy in model_dir, generated or resumed."""
+    the rm and dpo sections both have these) from the policy in model_dir, generated or resumed; `sources`
+    (task source specs) replace the section's families."""
     model, tokenizer = load_causal_lm(model_dir, device=device)
-    tasks = rollout_tasks(cfg.families, cfg.num_prompts, seed)
+    tasks = rollout_tasks(cfg.families if sources is None else sources, cfg.num_prompts, seed)
     records = make_rollouts(model, tokenizer, tasks, path, k=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                             max_new_tokens=cfg.max_new_tokens, seed=seed, policy=policy_fingerprint(model_dir),
                             log=log)

@@ -6,6 +6,8 @@
     score(tasks[0], "...\\nAnswer: 432<|end|>")   # 1.0
 
 Every assistant answer puts its working first and ends with the line "Answer: <value>".
+These are the `builtin:<family>` task sources; stages draw every source (reasoning-gym, GSM8K/MATH/Q&A/
+multiple-choice files and hub sets too) through stages/data/tasks/sources.py (docs/tasks.md).
 Splits: a prompt belongs to "test" iff sha256(family, prompt) falls in the bottom 20% (SPLIT_TEST_SHARE),
 independent of the seed, so train and test are disjoint for any pair of seeds. make_tasks draws from a
 seeded random.Random and keeps the prompts of the requested split: same (family, n, seed, split), same tasks.
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from stages.data.special_tokens import ASSISTANT, BOS, CALL, END, END_CALL, END_RESULT, RESULT, SYSTEM, USER
-from stages.data.tasks import arithmetic, calculator, decimals, persona, spelling
+from stages.data.tasks import arithmetic, calculator, decimals, persona, spelling, verify
 
 FAMILIES: tuple[str, ...] = ("arithmetic", "spelling", "decimal_compare", "calculator", "identity", "unknown")
 GENERATORS = {"arithmetic": arithmetic.generate, "spelling": spelling.generate, "decimal_compare": decimals.generate,
@@ -108,8 +110,12 @@ def _as_number(value: str) -> Decimal | None:
 
 
 def score(task: Task, completion_text: str) -> float:
-    """1.0 if the extracted final answer equals the task's answer (numbers compared by value), else 0.0."""
+    """1.0 if the extracted final answer equals the task's answer (numbers compared by value), else 0.0.
+
+    Tasks of other sources name their verifier in meta["verifier"] (stages/data/tasks/verify.py)."""
     got = extract_answer(completion_text)
+    if task.meta.get("verifier"):
+        return verify.score(task.meta["verifier"], got, completion_text, task.answer, task.meta)
     if got is None:
         return 0.0
     got, want = _normalise(got), _normalise(task.answer)
