@@ -78,6 +78,7 @@ class Tracking(Section):
     wandb: bool = True                      # log to W&B; offline (runs/<name>/wandb) when no API key
     project: str = "llm-lifecycle"          # W&B project
     entity: Optional[str] = None            # W&B team/user; None = your default entity
+    group: Optional[str] = Field(None, min_length=1, max_length=128)  # W&B group; None = the run name (`lifecycle sweep` sets the sweep's name)
 
 
 class Distributed(Section):

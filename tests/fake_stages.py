@@ -53,3 +53,11 @@ def peeks_at_rl(recipe, inputs, ctx):
 def any_stage(recipe, inputs, ctx):
     """Stands in for any real stage kind: records its inputs, so graph tests can run whole chains fast."""
     return _write(ctx, inputs, ctx.stage)
+
+
+def seeded(recipe, inputs, ctx):
+    """A stage whose result depends on the seed (for sweeps): accuracy seed/100; seed 13 crashes."""
+    if recipe.seed == 13:
+        raise RuntimeError("unlucky seed")
+    return _write(ctx, inputs, "seeded") | {"eval/acc/arithmetic": recipe.seed / 100,
+                                            "control/eval/acc/arithmetic": 0.5}
