@@ -118,6 +118,27 @@ def test_uncertain_order_puts_the_smallest_top2_margin_first(tmp_path):
     assert [p["id"] for p in order_by_uncertainty(prompts, score, lambda p: p["id"])] == ["p2", "p0", "p1"]
 
 
+def test_uncertain_order_with_a_real_reward_model_dir(tmp_path, tiny_model, tiny_tokenizer):
+    from reward.model_scorer import RewardModelScorer
+    from reward.rank_queue import rm_order
+    from stages.data.chat import render_text
+    from stages.lm.model import save_model
+    from stages.rm.data import load_reward_model
+    save_model(tiny_model, tiny_tokenizer, tmp_path / "sft")
+    rm, tok = load_reward_model(str(tmp_path / "sft"), "cpu")
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    prompts = load_prompts(write_duplicates(tmp_path / "r.jsonl"))
+    ordered = rm_order(prompts, str(tmp_path / "rm"), device="cpu", log=lambda m: None)
+    scorer = RewardModelScorer(tmp_path / "rm", device="cpu")
+    prompt = render_text(tok, prompts[2]["prompt_messages"], add_generation_prompt=True)
+    a, b, c = sorted(scorer([prompt] * 3, ["a", "b", "c"]), reverse=True)
+    p0 = scorer([render_text(tok, prompts[0]["prompt_messages"], add_generation_prompt=True)] * 2,
+                ["X\nAnswer: 1", "Y\nAnswer: 2"])
+    expected = ["p2", "p0"] if a - b <= abs(p0[0] - p0[1]) else ["p0", "p2"]
+    assert [p["id"] for p in ordered] == expected + ["p1"]
+
+
 def test_rank_command_order_arguments(tmp_path):
     from argparse import Namespace
 
