@@ -29,7 +29,7 @@ def recipe(tmp_path: Path) -> Path:
 
 
 def sweep(tmp_path: Path, *items: str, name=None, stages=None) -> int:
-    args = Namespace(recipe=recipe(tmp_path), overrides=list(items), stages=stages, name=name, debug=False)
+    args = Namespace(recipe=recipe(tmp_path), overrides=list(items), stages=stages, name=name, debug=False, plan=False)
     return sweep_cmd.main(args, stages=FAKE)
 
 
@@ -57,6 +57,12 @@ def test_sweep_runs_each_point_then_skips_finished_ones(tmp_path, capsys):
         assert f"seed: {seed}\n" in config and "group: t-sweep-seed-sft.max_steps\n" in config  # one W&B group
     assert (runs / "t-sweep-seed-sft.max_steps" / "sweep.md").is_file()
     capsys.readouterr()
+    args = Namespace(recipe=recipe(tmp_path), overrides=["seed=1,2,3", "sft.max_steps=3"], stages=None, name=None,
+                     debug=False, plan=True)
+    assert sweep_cmd.main(args, stages=FAKE) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["  t-seed_1-sft.max_steps_3: up to date",
+                                                        "  t-seed_2-sft.max_steps_3: up to date",
+                                                        "  t-seed_3-sft.max_steps_3: run tokenizer, sft"]
     assert sweep(tmp_path, "seed=1,2,3", "sft.max_steps=3") == 0                  # one more seed
     out = capsys.readouterr().out
     assert out.count(": up to date") == 4 and out.count(": running") == 2       # only seed 3's two stages ran

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.commands import stage_list
-from pipeline.sweep import run_sweep, stage_names
+from pipeline.runner import Runner
+from pipeline.sweep import plan_sweep, run_sweep, stage_names
 from pipeline.sweep_report import write_sweep_report
 
 
@@ -17,9 +18,22 @@ def add_arguments(p) -> None:
     p.add_argument("--stages", default=None, help="comma-separated stage names (default: all of the recipe's)")
     p.add_argument("--name", default=None, help="the sweep's name: W&B group, runs/<name>/sweep.md "
                                                 "(default: <recipe name>-sweep-<keys>)")
+    p.add_argument("--plan", action="store_true", help="list the points and what each would run; run nothing")
+
+
+def show_plan(args, stages=None) -> int:
+    sweep = plan_sweep(args.recipe, args.overrides, args.name)
+    print(f"sweep {sweep.name}: {len(sweep.points)} points")
+    for point in sweep.points:
+        items = Runner(sweep.recipes[point.name], args.recipe, stages=stages).plan(stage_list(args.stages))
+        todo = [i.spec.name for i in items if i.action != "skip"]
+        print(f"  {point.name}: {'run ' + ', '.join(todo) if todo else 'up to date'}")
+    return 0
 
 
 def main(args, stages=None) -> int:
+    if args.plan:
+        return show_plan(args, stages)
     sweep = run_sweep(args.recipe, args.overrides, stage_list(args.stages), args.name, stages=stages, debug=args.debug)
     first = sweep.recipes[sweep.points[0].name]
     out_dir = Path(first.output_dir) / sweep.name
