@@ -37,7 +37,7 @@ def main(args, stages=None) -> int:
     sweep = run_sweep(args.recipe, args.overrides, stage_list(args.stages), args.name, stages=stages, debug=args.debug)
     first = sweep.recipes[sweep.points[0].name]
     out_dir = Path(first.output_dir) / sweep.name
-    run_dirs = {p.name: Path(r.output_dir) / r.name for p, r in zip(sweep.points, sweep.recipes.values())}
+    run_dirs = {p.name: Path(sweep.recipes[p.name].output_dir) / p.name for p in sweep.points}
     names = {p: stage_names(r, stages) for p, r in sweep.recipes.items()}
     failed = {p: str(exc) for p, exc in sweep.failed.items()}
     data = write_sweep_report(out_dir, sweep.name, sweep.points, run_dirs, names, args.recipe, failed)
