@@ -84,6 +84,12 @@ def test_human_pairs_round_trip_through_the_ranking_log(tmp_path):
     assert games == [A.Game(0, 1, 1.0, 0), A.Game(0, 1, 0.0, 1)]
 
 
+def test_identical_answers_are_ties_for_the_human_judge():
+    answers = [["x", "y", "z"], ["x", "q", "z"], ["w", "y", "z"]]
+    assert A.identical_ties(answers) == [A.Game(0, 1, 0.5, 0), A.Game(0, 1, 0.5, 2), A.Game(0, 2, 0.5, 1),
+                                         A.Game(0, 2, 0.5, 2), A.Game(1, 2, 0.5, 2)]
+
+
 def test_held_out_tasks_round_robin():
     tasks = A.held_out_tasks(["arithmetic", "spelling"], 5, seed=3)
     assert [t.family for t in tasks] == ["arithmetic", "spelling"] * 2 + ["arithmetic"]

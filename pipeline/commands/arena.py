@@ -21,6 +21,7 @@ from stages.eval.arena import (
     games_from_rankings,
     games_from_scores,
     held_out_tasks,
+    identical_ties,
     judge_scores,
     load_or_answer,
     standings,
@@ -60,6 +61,7 @@ def main(args) -> int:
             print(f"arena: {n} pairs for people to judge in {pairs}\n  lifecycle rank {args.recipe} "
                   f"--rollouts {pairs} --out {rankings}\nthen run this command again to score them.")
             return 0
+        games += identical_ties(answers)  # left out of the page: the same text from both players is a tie
     else:
         games = games_from_scores(judge_scores(args.judge, prompts, answers, tasks))
     rows = standings(names, games, rounds=args.bootstrap, seed=recipe.seed)
