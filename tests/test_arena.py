@@ -1,6 +1,7 @@
 """Arena: Bradley-Terry fits against closed-form answers, bootstrap intervals, judges, the human round trip."""
 from __future__ import annotations
 
+import json
 import math
 from argparse import Namespace
 
@@ -125,6 +126,12 @@ def test_arena_cli_with_verifier_and_human_judges(two_checkpoints, capsys):
     assert "4 games judged by format on 4 held-out prompts" in out and "elo" in out  # 1 pair x 4 prompts
     assert arena_cmd.main(_args(dirs, recipe, "verifier")) == 0  # answers come from the arena dir's cache
     assert "4 games judged by verifier" in capsys.readouterr().out
+    # untrained models sample the same text under the same seed; make three of ckpt1's four answers differ,
+    # so people rank three pairs and the fourth (identical texts, left out of the page) is a tie
+    cache = next((recipe.parent / "runs" / "ar" / "arena").glob("*/answers.json"))
+    data = json.loads(cache.read_text())
+    data["answers"][1] = [a + " (b)" for a in data["answers"][1][:3]] + data["answers"][0][3:]
+    cache.write_text(json.dumps(data))
     # human: the first call writes pairs, the second (after people ranked) scores them from cached answers
     assert arena_cmd.main(_args(dirs, recipe, "human")) == 0
     out = capsys.readouterr().out
@@ -138,7 +145,7 @@ def test_arena_cli_with_verifier_and_human_judges(two_checkpoints, capsys):
     assert arena_cmd.main(_args(dirs, recipe, "human")) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "4 games judged by human" in lines[0]
-    assert lines[2].startswith(dirs[0]) and lines[2].split()[-3:] == ["4", "0", "0"]
+    assert lines[2].startswith(dirs[0]) and lines[2].split()[-3:] == ["3", "0", "1"]
 
 
 def test_arena_cli_rejects_bad_input(two_checkpoints):
