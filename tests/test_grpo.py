@@ -13,6 +13,7 @@ from pipeline.schema import RLStage
 from stages.lm.generation import Completion, generate
 from stages.lm.losses import group_advantages
 from stages.policy_gradient import grpo
+from stages.policy_gradient.rollout import reference_overflow
 
 
 class _Acc:  # the bits of accelerate.Accelerator the update uses, for a single CPU process
@@ -185,10 +186,10 @@ def test_reference_overflow_counts_answers_the_budget_cuts_off(tiny_tokenizer):
     lengths = [len(tiny_tokenizer(t.messages[-1]["content"] + END, add_special_tokens=False)["input_ids"])
                for t in tasks]
     longest = max(lengths)
-    assert grpo.reference_overflow(tiny_tokenizer, tasks, longest) == (0.0, longest)
-    share, _ = grpo.reference_overflow(tiny_tokenizer, tasks, longest - 1)
+    assert reference_overflow(tiny_tokenizer, tasks, longest) == (0.0, longest)
+    share, _ = reference_overflow(tiny_tokenizer, tasks, longest - 1)
     assert share == pytest.approx(sum(n == longest for n in lengths) / len(tasks)) and share > 0
-    share, _ = grpo.reference_overflow(tiny_tokenizer, tasks, sorted(lengths)[len(lengths) // 2])
+    share, _ = reference_overflow(tiny_tokenizer, tasks, sorted(lengths)[len(lengths) // 2])
     assert 0 < share <= 0.5
 
 
