@@ -1,6 +1,7 @@
 """`lifecycle` / `python -m pipeline`: the one command-line entry point.
 
     lifecycle run recipes/tiny.yaml [KEY=VALUE ...] [--stages pretrain,sft] [--force sft]
+    lifecycle sweep recipes/tiny.yaml seed=1337,7,42 [KEY=V1,V2 ...] [--stages rm]
     lifecycle plan|status recipes/tiny.yaml
     lifecycle tokenize "text" [--tokenizer DIR]      lifecycle sample CKPT --prompt "..."
     lifecycle chat CKPT [--system "..."]              lifecycle eval CKPT [--suite NAME]
@@ -26,6 +27,7 @@ from pipeline.logging_setup import quiet_libraries
 # command -> (module in pipeline/commands, one-line help)
 COMMANDS = {
     "run": ("run", "run stages (and whatever they need) of a recipe"),
+    "sweep": ("sweep", "run a recipe at every combination of comma-listed overrides; combined report"),
     "plan": ("plan", "what `run` would do, with launch commands"),
     "status": ("status", "table of stages: state, key metrics, wall time, path"),
     "tokenize": ("tokenize", "show the tokens of a text"),

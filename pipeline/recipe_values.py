@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
@@ -112,3 +113,11 @@ class TaskStage(BaseModel):
 
 
 # ---------------------------------------------------------------- run-level groups
+
+
+def looks_like_stage(ref: str, names: list[str]) -> bool:
+    """A `from:` that is neither a stage name nor an existing path: a hub id ("org/model", "gpt2") unless it is
+    close to a stage name (then it is most likely that stage, mistyped)."""
+    if "/" in ref or Path(ref).expanduser().exists():
+        return False
+    return bool(difflib.get_close_matches(ref, names, n=1, cutoff=0.6))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline import artifacts
 from pipeline.recipe import recipe_to_dict
-from pipeline.report_plots import plot_ladder, plot_losses, plot_rl, plot_rm
+from pipeline.report_plots import plot_bok, plot_ladder, plot_losses, plot_overoptimisation, plot_rl, plot_rm
 from pipeline.schema import DEFAULT_CHAIN
 from pipeline.tracking import Tracker, wandb_mode
 
@@ -117,12 +117,44 @@ def ladder(stages: dict[str, StageRecord]) -> tuple[list[str], dict[tuple[str, s
             if parsed and isinstance(value, (int, float)) and not isinstance(value, bool):
                 column, kind, family = parsed
                 table.setdefault((kind, family), {})[column] = float(value)
-                offset = -0.5 if column.endswith(":before") else 0.5 if column != name else 0.0
+                # within (-0.5, 0.5): a stage's control must come before the next stage's input
+                offset = -0.25 if column.endswith(":before") else 0.25 if column != name else 0.0
                 order[column] = (-1 if column == "base" else position[name] + offset, column)
     def rank(kind: str) -> int:  # acc, acc_*, pass@k, format, format_*
         return 0 if kind == "acc" else 1 if kind.startswith("acc") else 2 if kind.startswith("pass@") else 3
     rows = dict(sorted(table.items(), key=lambda kv: (rank(kv[0][0]), kv[0])))
     return sorted(order, key=order.__getitem__), rows
+
+
+BOK_PICKS = ("random", "rm", "oracle")  # the rm stage's eval/bok/<pick>[/<family>] (stages/rm/best_of_k.py)
+
+
+def bok_cells(metrics_by_point: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """Best-of-K accuracies: family ("mean" = the mean over families, last) -> pick -> the values of the
+    runs (one per sweep point; one for a single run) that report all three picks."""
+    cells: dict[str, dict[str, list[float]]] = {}
+    for metrics in metrics_by_point:
+        for key, value in metrics.items():
+            parts = key.split("/")
+            if parts[:2] == ["eval", "bok"] and len(parts) in (3, 4) and parts[2] in BOK_PICKS:
+                cells.setdefault(parts[3] if len(parts) == 4 else "mean", {}).setdefault(parts[2], []).append(value)
+    order = sorted(f for f in cells if f != "mean") + ["mean"]
+    return {f: cells[f] for f in order if f in cells and len(cells[f]) == len(BOK_PICKS)}
+
+
+def bok_line(metrics: dict) -> list[str]:
+    """The report card's best-of-K sentence, from the rm manifest's numbers ([] when it has none)."""
+    if "eval/bok/rm" not in metrics:
+        return []
+    m = {k[len("eval/bok/"):]: fmt(v) for k, v in metrics.items() if k.startswith("eval/bok/") and k.count("/") == 2}
+    line = (f"Judged by use, on {m['n_prompts']} held-out prompts with K = {m['k']} completions (mean over "
+            f"families): gold accuracy of one random sample {m['random']}, of the best of K picked by the RM "
+            f"{m['rm']}, picked by an oracle (the verifier) {m['oracle']}")
+    if "share" in m:
+        line += f"; the RM keeps {m['share']} of the oracle's gain"
+        if "share_ci95_low" in m:
+            line += f" (95% CI {m['share_ci95_low']} to {m['share_ci95_high']}, prompts resampled)"
+    return [line + ".", ""]
 
 
 # ------------------------------------------------------------------ formatting
@@ -180,9 +212,11 @@ def render(report: Report, run_name: str) -> str:
                         [[kind, fam] + [vals.get(c) for c in columns] for (kind, fam), vals in rows.items()])
         out += _image(report, "ladder", "accuracy ladder")
     out += ["## Training curves", ""] + _image(report, "loss", "loss curves")
-    for name, title in (("rm", "## Reward model"), ("rl", "## RL")):
-        if name in stages:
-            out += [title, ""] + _image(report, name, f"{name} curves")
+    if "rm" in stages:
+        out += ["## Reward model", ""] + _image(report, "rm", "rm curves") + bok_line(stages["rm"].metrics)
+        out += _image(report, "bok", "best-of-K gold accuracy")
+    if "rl" in stages:
+        out += ["## RL", ""] + _image(report, "rl", "rl curves") + _image(report, "overopt", "reward over-optimisation")
     out += ["## Final metrics per stage", ""]
     for name, rec in stages.items():
         out += [f"### {name}", ""] + md_table(["metric", "value"], [[k, v] for k, v in sorted(rec.metrics.items())])
@@ -215,7 +249,10 @@ def write_report(run_dir: str | Path, run_name: str | None = None, stage_names=D
     for name, plotted in (("loss", plot_losses({n: r.history for n, r in stages.items()}, plot_dir / "loss.png")),
                           ("ladder", plot_ladder(columns, rows, plot_dir / "ladder.png")),
                           ("rm", plot_rm(stages.get("rm"), plot_dir / "rm.png")),
-                          ("rl", plot_rl(stages.get("rl"), plot_dir / "rl.png"))):
+                          ("rl", plot_rl(stages.get("rl"), plot_dir / "rl.png")),
+                          ("bok", plot_bok(bok_cells([stages["rm"].metrics] if "rm" in stages else []),
+                                           plot_dir / "bok.png")),
+                          ("overopt", plot_overoptimisation(stages.get("rl"), plot_dir / "overopt.png"))):
         if plotted:
             report.plots[name] = {"path": str(plot_dir / f"{name}.png"), "curves": plotted}
     report.path.write_text(render(report, run_name or run_dir.name))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,6 +32,7 @@ from pipeline.recipe_values import (
     _not_dots,
     check_reward_parts,
     known,
+    looks_like_stage,
 )
 from stages.data.tasks import FAMILIES
 from stages.data.tasks.spec import hint, parse_source
@@ -60,6 +60,7 @@ class Tracking(Section):
     wandb: bool = True                      # log to W&B; offline (runs/<name>/wandb) when no API key
     project: Name = "llm-lifecycle"         # W&B project
     entity: Optional[Name] = None           # W&B team/user; None = your default entity
+    group: Optional[Name] = Field(None, min_length=1, max_length=128)  # W&B group; None = the run name (`lifecycle sweep` sets the sweep's name)
 
 
 class Distributed(Section):
@@ -356,7 +357,7 @@ class Recipe(Section):
             raise BadValue(f"stages: two stages named '{twice[0]}'")
         for i, stage in enumerate(chain):
             ref = self.from_of(stage["name"])
-            if ref is None or ref not in names and not _looks_like_stage(ref, names):
+            if ref is None or ref not in names and not looks_like_stage(ref, names):
                 continue
             if ref not in names:
                 close = difflib.get_close_matches(ref, names, n=1, cutoff=0.6)
@@ -390,11 +391,3 @@ class Recipe(Section):
         own = getattr(self.section_of(stage), "distributed", None) if stage in [s["name"] for s in self.chain()] \
             else None
         return own or self.distributed
-
-
-def _looks_like_stage(ref: str, names: list[str]) -> bool:
-    """A `from:` that is neither a stage name nor an existing path: a hub id ("org/model", "gpt2") unless it is
-    close to a stage name (then it is most likely that stage, mistyped)."""
-    if "/" in ref or Path(ref).expanduser().exists():
-        return False
-    return bool(difflib.get_close_matches(ref, names, n=1, cutoff=0.6))

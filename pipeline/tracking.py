@@ -1,6 +1,7 @@
 """Metrics: one console line per step, metrics.jsonl always, W&B when the recipe asks for it.
 
-W&B runs of one recipe share group = run name, job_type = stage, and the metric names below, so one
+W&B runs of one recipe share group = run name (or `tracking.group`: a sweep's points share the sweep's
+name), job_type = stage, and the metric names below, so one
 panel compares stages. Without an API key W&B runs offline under runs/<name>/wandb (`wandb sync` later).
 
 Shared metric names: train/loss, train/lr, train/tokens_per_s, train/mfu, eval/<...>.
@@ -176,6 +177,6 @@ def _start_wandb(stage: str, run_dir: Path, run_name: str, config: dict, cfg: An
     mode = wandb_mode()
     wandb_dir = Path(run_dir) / "wandb"
     wandb_dir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=cfg.project, entity=cfg.entity, group=run_name, job_type=stage,
-                      name=f"{run_name}-{stage}", config=config, dir=str(wandb_dir), mode=mode,
+    return wandb.init(project=cfg.project, entity=cfg.entity, group=getattr(cfg, "group", None) or run_name,
+                      job_type=stage, name=f"{run_name}-{stage}", config=config, dir=str(wandb_dir), mode=mode,
                       reinit="create_new", settings=wandb.Settings(silent=True, console="off"))

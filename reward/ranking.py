@@ -173,7 +173,8 @@ def human_ranker(rankings_file: str | Path, rollouts: list[dict]) -> list[Ranked
         record = {**base, "id": rec["prompt_id"], "family": rec.get("family") or base.get("family", "unknown"),
                   "prompt_messages": rec.get("prompt_messages") or base.get("prompt_messages"),
                   "completions": rec["completions"]}
-        out.append(_ranked(record, ranks_from_order(rec["order"]), "human", gold_tiers(record)))
+        ranks = rec.get("ranks") or ranks_from_order(rec["order"])  # older logs: no ties, order only
+        out.append(_ranked(record, ranks, "human", gold_tiers(record)))
     return out
 
 

@@ -7,13 +7,19 @@ Standard library only (http.server): the page (reward/static/ranking.html) order
 drop or keyboard, with skip, undo and a progress count. Every action is one JSON line appended to the log
 and fsynced before the server answers, so an acknowledged ranking survives a killed server. The log is
 append-only; skip and undo are events too, replayed on start:
-    {"event": "rank", "id": <uuid>, "prompt_id", "order": [completion indices best..worst], "completions",
-     "prompt_messages", "family", "policy", "time"}
+    {"event": "rank", "id": <uuid>, "prompt_id", "order": [completion indices best..worst],
+     "ranks": [per completion, 0 = best, equal = tie], "completions", "prompt_messages", "family", "policy", "time"}
     {"event": "skip", "id", "prompt_id", "time"}      {"event": "undo", "id", "target": <id undone>, "time"}
 No loss or duplicates: a submission id makes retries idempotent, a prompt already ranked (another tab)
 is refused with 409, a partial last line (killed mid-write, never acknowledged) is cut on start, and an
-exclusive file lock keeps a second server off the same log. The queue is the rollouts' order; skipped
-prompts come back after every unskipped one; a restart opens at the first unranked prompt.
+exclusive file lock keeps a second server off the same log. The queue is the rollouts' order (or any
+order the caller gives, e.g. reward/rank_queue.py's least-sure-first); skipped prompts come back after
+every unskipped one; a restart opens at the first unranked prompt.
+
+Identical completions (a small policy often samples the same text twice) are shown once: the person
+orders the distinct texts and each duplicate gets its twin's rank (a tie, so no pair is trained between
+them). A prompt whose completions are all identical has nothing to rank: it is left out of the queue and
+counted (`identical` in the state).
 """
 from __future__ import annotations
 
@@ -67,6 +73,36 @@ def read_rankings(path: str | Path) -> list[dict]:
     return [r for r in read_log(path) if r["event"] == "rank"]
 
 
+def distinct_indices(texts: list[str]) -> list[int]:
+    """The index of the first completion of each distinct text, in order."""
+    first: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        first.setdefault(text, i)
+    return list(first.values())
+
+
+def expand_order(order: list[int], texts: list[str]) -> tuple[list[int], list[int]]:
+    """A best-to-worst order of the distinct completions (their first indices, as the page sends; a full
+    permutation of all K also works: a text's first appearance counts) -> (full order of all K, ranks).
+    Each duplicate takes its twin's rank (dense ranks, 0 = best, equal = tie) and follows it in the order."""
+    rank_of: dict[str, int] = {}
+    for index in order:
+        rank_of.setdefault(texts[index], len(rank_of))
+    ranks = [rank_of[text] for text in texts]
+    return sorted(range(len(texts)), key=lambda i: (ranks[i], i)), ranks
+
+
+def valid_order(order, texts: list[str]) -> bool:
+    """A permutation of the distinct completions' first indices, or of all K indices."""
+    if not isinstance(order, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in order):
+        return False
+    return sorted(order) in (distinct_indices(texts), list(range(len(texts))))
+
+
+def texts_of(prompt: dict) -> list[str]:
+    return [c["text"] if isinstance(c, dict) else c for c in prompt["completions"]]
+
+
 def load_prompts(rollouts_path: str | Path) -> list[dict]:
     path = Path(rollouts_path)
     if not path.is_file():
@@ -89,8 +125,10 @@ class RankingLog:
     """The append-only log plus the replayed state, behind one lock."""
 
     def __init__(self, path: str | Path, prompts: list[dict]):
-        self.path, self.prompts = Path(path), prompts
-        self.by_id = {p["id"]: p for p in prompts}
+        self.path = Path(path)
+        self.prompts = [p for p in prompts if len(distinct_indices(texts_of(p))) > 1]
+        self.identical = len(prompts) - len(self.prompts)  # all completions the same text: nothing to rank
+        self.by_id = {p["id"]: p for p in self.prompts}
         self.lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._cut_partial_line()
@@ -117,13 +155,13 @@ class RankingLog:
         self.seen_ids.add(record["id"])
 
     def state(self) -> dict:
-        ranked = {r["prompt_id"] for r in self.active if r["event"] == "rank"}
-        skipped = {r["prompt_id"] for r in self.active if r["event"] == "skip"} - ranked
+        ranked = {r["prompt_id"] for r in self.active if r["event"] == "rank"} & self.by_id.keys()
+        skipped = ({r["prompt_id"] for r in self.active if r["event"] == "skip"} & self.by_id.keys()) - ranked
         todo = [p for p in self.prompts if p["id"] not in ranked]
         fresh = [p for p in todo if p["id"] not in skipped]
         current = (fresh or todo or [None])[0]
         return {"total": len(self.prompts), "ranked": len(ranked), "skipped": len(skipped),
-                "can_undo": bool(self.active), "current": _public(current)}
+                "identical": self.identical, "can_undo": bool(self.active), "current": _public(current)}
 
     def act(self, event: str, body: dict) -> tuple[int, dict]:
         """Apply one action (rank, skip, undo); returns (HTTP status, response)."""
@@ -157,19 +195,18 @@ class RankingLog:
             return "unknown prompt_id"
         if any(r["prompt_id"] == prompt["id"] and r["event"] == "rank" for r in self.active):
             return "already ranked (in another tab?)"
-        if event == "rank":
-            order = body.get("order")
-            if not isinstance(order, list) or sorted(order) != list(range(len(prompt["completions"]))):
-                return f"order must be a permutation of 0..{len(prompt['completions']) - 1}"
+        if event == "rank" and not valid_order(body.get("order"), texts_of(prompt)):
+            return f"order must be a permutation of the distinct completions {distinct_indices(texts_of(prompt))}"
         return ""
 
     def _payload(self, event: str, body: dict) -> dict:
         prompt = self.by_id[body["prompt_id"]]
         out = {"prompt_id": prompt["id"]}
         if event == "rank":
-            out.update(order=[int(i) for i in body["order"]], family=prompt.get("family"),
+            order, ranks = expand_order(body["order"], texts_of(prompt))
+            out.update(order=order, ranks=ranks, family=prompt.get("family"),
                        prompt_messages=prompt.get("prompt_messages"), policy=prompt.get("policy"),
-                       completions=[c["text"] for c in prompt["completions"]], source="human")
+                       completions=texts_of(prompt), source="human")
         return out
 
     def close(self) -> None:
@@ -177,10 +214,12 @@ class RankingLog:
 
 
 def _public(prompt: dict | None) -> dict | None:
-    """What the page shows: the conversation so far and the completions in a shuffled (seeded) order."""
+    """What the page shows: the conversation so far and each distinct completion once, in a shuffled (seeded)
+    order; `index` is the text's first completion index."""
     if prompt is None:
         return None
-    items = [{"index": i, "text": c["text"]} for i, c in enumerate(prompt["completions"])]
+    texts = texts_of(prompt)
+    items = [{"index": i, "text": texts[i]} for i in distinct_indices(texts)]
     random.Random(prompt["id"]).shuffle(items)  # no position bias, yet stable across reloads
     return {"id": prompt["id"], "family": prompt.get("family"),
             "messages": prompt.get("prompt_messages") or [{"role": "user", "content": prompt.get("prompt", "")}],
@@ -226,17 +265,19 @@ def make_handler(log: RankingLog):
     return Handler
 
 
-def serve(rollouts: str | Path, out: str | Path, host: str = "127.0.0.1", port: int = 8765,
+def serve(rollouts: str | Path | list[dict], out: str | Path, host: str = "127.0.0.1", port: int = 8765,
           ready=None) -> None:
-    """Serve until interrupted. `ready(url)` is called once the socket listens."""
-    log = RankingLog(out, load_prompts(rollouts))
+    """Serve until interrupted: the prompts of a rollouts file, or prompts already loaded (and ordered).
+    `ready(url)` is called once the socket listens."""
+    log = RankingLog(out, rollouts if isinstance(rollouts, list) else load_prompts(rollouts))
     try:
         server = ThreadingHTTPServer((host, port), make_handler(log))
     except OSError as exc:
         log.close()
         raise UserError(f"--host/--port: cannot listen on {host}:{port} ({exc.strerror})") from None
     url = f"http://{host}:{server.server_address[1]}/"
-    (ready or (lambda u: print(f"ranking page: {u}  (log: {out}; Ctrl+C to stop)", flush=True)))(url)
+    left_out = f"; {log.identical} prompts left out: all completions identical" if log.identical else ""
+    (ready or (lambda u: print(f"ranking page: {u}  (log: {out}{left_out}; Ctrl+C to stop)", flush=True)))(url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

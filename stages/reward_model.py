@@ -10,7 +10,8 @@ loss = -mean log sigmoid(r_w - r_l), with ONE forward pass per completion (K per
 margin taken from those K scalars); (5) centring: the mean reward of reference answers is stored as
 config.reward_offset and subtracted by reward/model_scorer.py; (6) held-out pairwise and top-1 accuracy
 per family, agreement with the verifier's gold ranking (with a 95% interval over prompts), a reward
-histogram (reward_hist.png).
+histogram (reward_hist.png), and the RM judged by use: best-of-K picked by the RM against one random sample
+and an oracle (stages/rm/best_of_k.py, eval/bok/...).
 
 Option `rm.process_coef` adds a per-token loss (process supervision, Lightman et al. 2023): the same
 score head, read at every completion token, learns whether the completion is still on a path to a right
@@ -41,6 +42,7 @@ from stages.lm.finetune import add_lora, merge_lora
 from stages.lm.losses import kway_ranking_loss, process_loss
 from stages.lm.model import save_model
 from stages.lm.optim import make_optimizer, make_scheduler
+from stages.rm.best_of_k import best_of_k_metrics, describe
 from stages.rm.data import Example, collate, encode, global_batches, is_test, load_reward_model, split_key
 from stages.rm.metrics import plot_histogram, ranking_metrics, score_examples
 from stages.rm.rollouts import read_rollouts, rollouts_for_recipe, tokenizer_hash
@@ -191,10 +193,13 @@ def centre_and_evaluate(model, tokenizer, train_ranked: list[Ranked], test_ex: l
     metrics = {"eval/reward_offset": offset, "eval/n_prompts": float(len(test_ex))}
     if test_ex:
         metrics.update(ranking_metrics(test_ex, rewards))
+        metrics.update(best_of_k_metrics(test_ex, rewards))  # the RM judged by use: its top pick, vs chance and oracle
         plot_histogram(test_ex, rewards, ctx.out_dir / "reward_hist.png")
         ctx.tracker.images({"eval/reward_hist": ctx.out_dir / "reward_hist.png"})
         rows = [[e.family, tokenizer.decode(e.seqs[i][-80:]), round(float(r[i]), 3), e.ranks[i],
                  e.gold[i] if e.gold else None] for e, r in list(zip(test_ex, rewards))[:10] for i in range(len(e.seqs))]
         ctx.tracker.table("eval/rm_samples", ["family", "completion_tail", "reward", "rank", "gold_tier"], rows)
     ctx.log("eval: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if "/" not in k[5:] and math.isfinite(v)))
+    if describe(metrics):
+        ctx.log("eval: " + describe(metrics))
     return metrics

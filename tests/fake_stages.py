@@ -76,3 +76,11 @@ def noisy(recipe, inputs, ctx):
     logging.getLogger("transformers.modeling_utils").warning("a library's log record")
     ctx.tracker.log({"train/loss": 1.0}, step=1, total=1)
     return {"eval/value": 1.0}
+
+
+def seeded(recipe, inputs, ctx):
+    """A stage whose result depends on the seed (for sweeps): accuracy seed/100; seed 13 crashes."""
+    if recipe.seed == 13:
+        raise RuntimeError("unlucky seed")
+    return _write(ctx, inputs, "seeded") | {"eval/acc/arithmetic": recipe.seed / 100,
+                                            "control/eval/acc/arithmetic": 0.5}

@@ -1,6 +1,7 @@
 """Arena: Bradley-Terry fits against closed-form answers, bootstrap intervals, judges, the human round trip."""
 from __future__ import annotations
 
+import json
 import math
 from argparse import Namespace
 
@@ -84,6 +85,12 @@ def test_human_pairs_round_trip_through_the_ranking_log(tmp_path):
     assert games == [A.Game(0, 1, 1.0, 0), A.Game(0, 1, 0.0, 1)]
 
 
+def test_identical_answers_are_ties_for_the_human_judge():
+    answers = [["x", "y", "z"], ["x", "q", "z"], ["w", "y", "z"]]
+    assert A.identical_ties(answers) == [A.Game(0, 1, 0.5, 0), A.Game(0, 1, 0.5, 2), A.Game(0, 2, 0.5, 1),
+                                         A.Game(0, 2, 0.5, 2), A.Game(1, 2, 0.5, 2)]
+
+
 def test_held_out_tasks_round_robin():
     tasks = A.held_out_tasks(["arithmetic", "spelling"], 5, seed=3)
     assert [t.family for t in tasks] == ["arithmetic", "spelling"] * 2 + ["arithmetic"]
@@ -119,6 +126,12 @@ def test_arena_cli_with_verifier_and_human_judges(two_checkpoints, capsys):
     assert "4 games judged by format on 4 held-out prompts" in out and "elo" in out  # 1 pair x 4 prompts
     assert arena_cmd.main(_args(dirs, recipe, "verifier")) == 0  # answers come from the arena dir's cache
     assert "4 games judged by verifier" in capsys.readouterr().out
+    # untrained models sample the same text under the same seed; make three of ckpt1's four answers differ,
+    # so people rank three pairs and the fourth (identical texts, left out of the page) is a tie
+    cache = next((recipe.parent / "runs" / "ar" / "arena").glob("*/answers.json"))
+    data = json.loads(cache.read_text())
+    data["answers"][1] = [a + " (b)" for a in data["answers"][1][:3]] + data["answers"][0][3:]
+    cache.write_text(json.dumps(data))
     # human: the first call writes pairs, the second (after people ranked) scores them from cached answers
     assert arena_cmd.main(_args(dirs, recipe, "human")) == 0
     out = capsys.readouterr().out
@@ -132,7 +145,7 @@ def test_arena_cli_with_verifier_and_human_judges(two_checkpoints, capsys):
     assert arena_cmd.main(_args(dirs, recipe, "human")) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "4 games judged by human" in lines[0]
-    assert lines[2].startswith(dirs[0]) and lines[2].split()[-3:] == ["4", "0", "0"]
+    assert lines[2].startswith(dirs[0]) and lines[2].split()[-3:] == ["3", "0", "1"]
 
 
 def test_arena_cli_rejects_bad_input(two_checkpoints):

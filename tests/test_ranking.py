@@ -74,8 +74,10 @@ def test_collect_rankings_mixes_sources(tmp_path):
     assert [(r.source, r.prompt_id) for r in out] == [("verifier", "p0"), ("verifier", "p1"), ("human", "p0")]
     with pytest.raises(UserError, match="judge_model"):
         collect_rankings(RMStage(rankers=["judge"]), [], log=lambda m: None)
-    with pytest.raises(ValueError, match="unknown ranker 'oracle'"):  # refused when the recipe loads
+    with pytest.raises(ValueError, match="unknown ranker 'oracle'"):   # the schema refuses it at load
         RMStage(rankers=["oracle"])
+    with pytest.raises(UserError, match="unknown ranker"):              # and the ranker itself, if built around it
+        collect_rankings(RMStage.model_construct(rankers=["oracle"]), [], log=lambda m: None)
 
 
 def test_judge_ranker_with_any_chat_model_dir(tmp_path, tiny_model, tiny_tokenizer):

@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.commands.report import main as report_cli
 from pipeline.errors import UserError
-from pipeline.report import fmt, gpu_hours, ladder_key, write_report
+from pipeline.report import StageRecord, bok_cells, fmt, gpu_hours, ladder, ladder_key, write_report
+from pipeline.report_plots import ladder_series, mean_sd
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAMILIES = ("arithmetic", "spelling")
@@ -162,7 +163,7 @@ def test_plots_are_pngs_with_the_expected_curves(tmp_path):
     assert set(report.plots) == {"loss", "ladder", "rl"}  # no rm stage: no rm plot
     assert report.plots["loss"]["curves"] == ["pretrain: train/loss", "pretrain: eval/val_bpb", "sft: train/loss",
                                               "rl: train/loss"]
-    assert report.plots["ladder"]["curves"] == [f"acc: {f}" for f in FAMILIES]
+    assert report.plots["ladder"]["curves"] == [c for f in FAMILIES for c in (f"acc: {f}", f"rl:control acc: {f}")]
     assert report.plots["rl"]["curves"] == ["rl reward: train/reward", "rl KL: train/kl"]
     text = report.path.read_text()
     for name, plot in report.plots.items():
@@ -187,6 +188,51 @@ def test_rm_accuracy_plot_from_history_or_final_metrics(tmp_path):
     assert report.plots["rm"]["curves"] == ["rm (final): eval/pairwise_acc", "rm (final): eval/top1_acc",
                                             "rm (final): eval/gold_pairwise_acc"]
     assert report.missing == []
+
+
+def test_ladder_puts_a_stage_input_before_it_and_controls_off_the_line():
+    """rl evaluates its input (before/...) and an equal-compute control: the input's column comes just before
+    rl, the control's just after; a chained second rl stage gets its own before column. The plot draws the
+    line through the pipeline's models and the controls as separate markers."""
+    metrics = {
+        "sft": {"eval/acc/arithmetic": 0.4, "eval/base/acc/arithmetic": 0.0},
+        "rl": {"control/eval/acc/arithmetic": 0.5, "eval/acc/arithmetic": 0.6, "before/eval/acc/arithmetic": 0.41},
+        "rl2": {"before/eval/acc/arithmetic": 0.59, "eval/acc/arithmetic": 0.7},
+    }
+    columns, rows = ladder({n: StageRecord(n, {"metrics": m}, []) for n, m in metrics.items()})
+    assert columns == ["base", "sft", "rl:before", "rl", "rl:control", "rl2:before", "rl2"]
+    line, controls = ladder_series(columns, rows[("acc", "arithmetic")])
+    assert [columns[i] for i in line] == ["base", "sft", "rl:before", "rl", "rl2:before", "rl2"]
+    assert [columns[i] for i in controls] == ["rl:control"]
+    assert mean_sd(0.5) == (0.5, 0.0) and mean_sd([0.4, 0.6]) == pytest.approx((0.5, 0.1414214))
+
+
+def test_overoptimisation_picture_when_rl_logged_the_monitor(tmp_path):
+    run_dir, _ = make_run(tmp_path)
+    rows = [{"step": s, "train/loss": 0.1, "monitor/proxy": s / 10, "monitor/gold": min(s, 12 - s) / 10,
+             "monitor/kl": s / 50, "monitor/hacking": float(s > 8)} for s in range(1, 12)]
+    (run_dir / "rl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = write_report(run_dir)
+    assert report.plots["overopt"]["curves"] == ["proxy: monitor/proxy", "gold: monitor/gold", "KL: monitor/kl"]
+    assert Path(report.plots["overopt"]["path"]).read_bytes()[:8] == PNG_MAGIC
+    assert "![reward over-optimisation](report/overopt.png)" in report.path.read_text()
+
+
+def test_best_of_k_line_and_plot_from_the_rm_manifest(tmp_path):
+    run_dir, _ = make_run(tmp_path)
+    bok = {"eval/bok/random": 0.46875, "eval/bok/rm": 0.6875, "eval/bok/oracle": 0.875, "eval/bok/share": 7 / 13,
+           "eval/bok/share_ci95_low": 0.2, "eval/bok/share_ci95_high": 0.8, "eval/bok/n_prompts": 6.0,
+           "eval/bok/k": 4.0, "eval/bok/random/spelling": 0.625, "eval/bok/rm/spelling": 1.0,
+           "eval/bok/oracle/spelling": 1.0, "eval/bok/share/spelling": 1.0}
+    _stage(run_dir, "rm", {"eval/pairwise_acc": 0.7} | bok, [], 30.0, "in-process: x", "2026-11-28T10:10:00")
+    report = write_report(run_dir)
+    assert report.plots["bok"]["curves"] == ["bok: spelling", "bok: mean"]
+    text = report.path.read_text()
+    assert ("on 6 held-out prompts with K = 4 completions (mean over families): gold accuracy of one random sample "
+            "0.46875, of the best of K picked by the RM 0.6875, picked by an oracle (the verifier) 0.875; the RM "
+            "keeps 0.538462 of the oracle's gain (95% CI 0.2 to 0.8, prompts resampled).") in text
+    check_report_against_manifests(run_dir)
+    assert bok_cells([bok, bok])["spelling"] == {"random": [0.625] * 2, "rm": [1.0] * 2, "oracle": [1.0] * 2}
 
 
 def test_empty_run_reports_nothing_without_crashing(tmp_path):

@@ -93,6 +93,11 @@ def test_rm_stage_trains_centres_and_saves_a_loadable_dir(tmp_path, tiny_model, 
     sft = tmp_path / "sft"
     save_model(tiny_model, tiny_tokenizer, sft)
     _human_log(tmp_path / "rankings.jsonl", 40)
+    # the rollouts the rankings came from: their answers give gold tiers, so best-of-K is measured too
+    (tmp_path / "rollouts.jsonl").write_text("".join(json.dumps({
+        "id": f"q{p}", "family": "arithmetic", "answer": str(p % 7 + 1 + p % 5 + 2), "meta": {}, "reference": "",
+        "prompt_messages": [{"role": "user", "content": f"What is {p % 7 + 1} + {p % 5 + 2}?"}],
+        "completions": []}) + "\n" for p in range(40)))
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"Say {i}", "chosen": f"Answer: {i}", "rejected": "no"}) + "\n"
                              for i in range(10)))
@@ -107,6 +112,9 @@ def test_rm_stage_trains_centres_and_saves_a_loadable_dir(tmp_path, tiny_model, 
         assert key in metrics
     assert metrics["eval/n_pairs"] > 0 and metrics["eval/chance"] == 0.5
     assert metrics["eval/pairwise_acc"] > 0.8                # the surface order is easy to learn
+    # gold: the finished answer is right and well formed, the other two are not -> random 1/3, oracle 1
+    assert metrics["eval/bok/random/arithmetic"] == pytest.approx(1 / 3) and metrics["eval/bok/oracle"] == 1.0
+    assert 0 <= metrics["eval/bok/rm"] <= 1 and "eval/bok/share" in metrics and metrics["eval/bok/n_prompts"] > 0
     assert (out / "reward_hist.png").stat().st_size > 1000
     losses = [json.loads(x)["train/loss"] for x in (out / "metrics.jsonl").read_text().splitlines()
               if "train/loss" in x]

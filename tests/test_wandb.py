@@ -139,3 +139,16 @@ def test_report_logs_one_summary_run_per_state_of_the_run(tmp_path, offline, cap
     assert report_cli(Namespace(recipe=recipe, overrides=[])) == 0
     runs = read_runs(run_dir / "wandb")
     assert len(runs) == 2 and sorted(r.summary["rl/eval/acc/arithmetic"] for r in runs) == [0.55, 0.99]
+
+
+def test_tracking_group_overrides_the_run_name_as_group(tmp_path, offline):
+    """A sweep's points are separate runs (names) in one W&B group (tracking.group = the sweep's name)."""
+    from pipeline.schema import Tracking
+    from pipeline.tracking import Tracker
+    for run_name in ("t-seed_1", "t-seed_2"):
+        tracker = Tracker("sft", tmp_path / run_name, tmp_path, run_name, {},
+                          Tracking(project="t", group="t-sweep-seed"), echo=False)
+        tracker.log({"train/loss": 1.0}, step=1)
+        tracker.finish()
+    runs = read_runs(tmp_path / "wandb")
+    assert {r.group for r in runs} == {"t-sweep-seed"} and {r.name for r in runs} == {"t-seed_1-sft", "t-seed_2-sft"}

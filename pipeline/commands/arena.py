@@ -23,6 +23,7 @@ from stages.eval.arena import (
     games_from_rankings,
     games_from_scores,
     held_out_tasks,
+    identical_ties,
     judge_scores,
     load_or_answer,
     standings,
@@ -68,6 +69,7 @@ def main(args) -> int:
                   f"--rollouts {pairs} --out {rankings}\nthen run this command again to score them "
                   f"(or vote in `lifecycle serve`'s battle mode: {votes}).")
             return 0
+        games += identical_ties(answers)  # left out of the page: the same text from both players is a tie
     else:
         prompts, answers = load_or_answer(out, names, tasks, max_new, args.temperature, recipe.seed)
         games = games_from_scores(judge_scores(args.judge, prompts, answers, tasks))

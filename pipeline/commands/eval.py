@@ -44,6 +44,7 @@ from stages.eval.families import evaluate_families
 from stages.lm.generation import generate
 from stages.lm.model import load_causal_lm
 from stages.policy_gradient.evaluate import evaluate as evaluate_policy
+from stages.rm.best_of_k import best_of_k_metrics
 from stages.rm.data import encode, is_test, split_key
 from stages.rm.metrics import ranking_metrics, score_examples
 from stages.rm.rollouts import read_rollouts
@@ -142,7 +143,8 @@ def suite_rm(checkpoint, recipe, ctx, limit: int | None = None) -> EvalResult:
     rewards = score_examples(scorer.model, examples, scorer.pad_id, scorer.device, scorer.offset)
     rows = [[e.family, scorer.tokenizer.decode(e.seqs[i][-80:]), round(float(r[i]), 3), e.ranks[i],
              e.gold[i] if e.gold else None] for e, r in list(zip(examples, rewards))[:10] for i in range(len(e.seqs))]
-    metrics = ranking_metrics(examples, rewards) | {"eval/n_prompts": float(len(examples))}
+    metrics = ranking_metrics(examples, rewards) | best_of_k_metrics(examples, rewards) | \
+        {"eval/n_prompts": float(len(examples))}
     return EvalResult(metrics, {"samples/rm": (["family", "completion_tail", "reward", "rank", "gold_tier"], rows)})
 
 

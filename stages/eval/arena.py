@@ -149,6 +149,13 @@ def games_from_rankings(rankings: list[dict]) -> list[Game]:
     return games
 
 
+def identical_ties(answers: list[list[str]]) -> list[Game]:
+    """Ties for the pairs whose two answers are the same text: the ranking page leaves such prompts out
+    (nothing to rank), and the verifier's judging would tie them too."""
+    return [Game(a, b, 0.5, p) for a in range(len(answers)) for b in range(a + 1, len(answers))
+            for p, (x, y) in enumerate(zip(answers[a], answers[b])) if x == y]
+
+
 # ------------------------------------------------------------------ playing
 def held_out_tasks(families: list[str], n: int, seed: int):
     """n held-out tasks, sources (specs or built-in family names) taken in turn."""
