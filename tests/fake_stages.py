@@ -50,7 +50,9 @@ def noisy(recipe, inputs, ctx):
     tokenize shards (our tqdm bar), and libraries warning."""
     import logging
     import warnings
+
     from transformers import AutoModelForCausalLM
+
     from pipeline.schema import Data, Model
     from stages.data.shards import build_shards
     from stages.model import build_model

@@ -3,11 +3,16 @@ asked for, digits split, the stage's compression report and the `lifecycle token
 from __future__ import annotations
 
 import json
+from itertools import islice
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.tokenizer import BOS, END, SPECIAL_TOKENS, encode_plain, render_tokens
+from pipeline.context import StageContext
+from pipeline.schema import Recipe
+from pipeline.tracking import Tracker
+from stages.data.sources import embedded_documents
+from stages.tokenizer import BOS, END, SPECIAL_TOKENS, encode_plain, render_tokens, run
 
 
 @settings(max_examples=200, deadline=None)
@@ -67,12 +72,6 @@ def test_stage_reports_compression_and_saves_a_transformers_dir(tmp_path):
 
 
 def test_stage_on_a_single_small_txt_file_at_the_default_val_fraction(tmp_path):
-    from itertools import islice
-    from pipeline.context import StageContext
-    from pipeline.schema import Recipe
-    from pipeline.tracking import Tracker
-    from stages.data.sources import embedded_documents
-    from stages.tokenizer import run
     book = tmp_path / "input.txt"
     book.write_text("\n".join(islice(embedded_documents(), 12)))  # one ~40 KB file: one document
     recipe = Recipe(name="t", data={"source": "local", "paths": [str(book)]}, tokenizer={"vocab_size": 400})
