@@ -15,9 +15,9 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 # Loggers of the libraries a stage calls; third_party_output sends Python warnings to "py.warnings" too.
 LIBRARY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "accelerate", "torch", "peft", "trl",

@@ -57,6 +57,7 @@ def _fields(model: type[BaseModel] = Recipe, prefix: tuple = ()):
 
 
 FIELDS = list(_fields())
+FIELD_INFO = {path: info for path, info, _ in FIELDS}
 SECTIONS = [()] + [path for path, _, section in FIELDS if section is not None]
 BOUNDED = [(path, info) for path, info, section in FIELDS if section is None
            and any(type(m).__name__ in ("Ge", "Gt", "Le", "Lt") for m in info.metadata)]
@@ -105,7 +106,7 @@ def _recipe_case(rng: random.Random) -> tuple[str, dict[str, bytes], list[str]]:
         return f"{kind}:{'.'.join(path)}={value}", {"r.yaml": _dump(recipe)}, argv
     if kind == "type":
         path = rng.choice(SCALARS)
-        info = dict((p, i) for p, i, _ in FIELDS)[path]
+        info = FIELD_INFO[path]
         is_mapping = typing.get_origin(info.annotation) is dict or dict in map(typing.get_origin, typing.get_args(info.annotation))
         _set(recipe, path, [1, [2]] if is_mapping else {"oops": [1, 2]})
         return f"type:{'.'.join(path)}", {"r.yaml": _dump(recipe)}, argv
@@ -155,7 +156,7 @@ def _recipe_case(rng: random.Random) -> tuple[str, dict[str, bytes], list[str]]:
 def _byte_case(kind: str, data: bytes, rng: random.Random, name: str, argv: list[str]):
     at = rng.randrange(len(data) + 1)
     if kind == "control":
-        junk = bytes([rng.choice([*range(0, 9), *range(14, 32)]) for _ in range(rng.randint(1, 3))])
+        junk = bytes([rng.choice([*range(9), *range(14, 32)]) for _ in range(rng.randint(1, 3))])
     else:
         junk = rng.choice([b"\xff", b"\xc3\x28", b"\xe2\x82", b"\x80", "\u00e9t\u00e9".encode("latin-1"), b"\xfe\xff"])
     return f"{kind}:{junk!r}@{at}", {name: data[:at] + junk + data[at:]}, argv

@@ -3,12 +3,18 @@ asked for, digits split, the stage's compression report and the `lifecycle token
 from __future__ import annotations
 
 import json
+from itertools import islice
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.context import StageContext
+from pipeline.schema import Recipe
+from pipeline.tracking import Tracker
+from stages.data.sources import embedded_documents
 from stages.data.special_tokens import BOS, END, SPECIAL_TOKENS
 from stages.lm.bpe import encode_plain, render_tokens
+from stages.tokenizer import run
 
 
 @settings(max_examples=200, deadline=None)
@@ -53,10 +59,6 @@ def test_digits_are_single_tokens(tiny_tokenizer):
 def test_stage_reports_compression_and_saves_a_transformers_dir(tmp_path):
     from transformers import AutoTokenizer
 
-    from pipeline.context import StageContext
-    from pipeline.schema import Recipe
-    from pipeline.tracking import Tracker
-    from stages.tokenizer import run
     recipe = Recipe(name="t", data={"max_documents": 80, "val_fraction": 0.1}, tokenizer={"vocab_size": 400})
     tracker = Tracker("tokenizer", tmp_path, tmp_path, "t", {}, None, echo=False)
     ctx = StageContext(stage="tokenizer", out_dir=tmp_path, run_dir=tmp_path, seed=0, tracker=tracker)
@@ -69,12 +71,8 @@ def test_stage_reports_compression_and_saves_a_transformers_dir(tmp_path):
 
 
 def test_stage_on_a_single_small_txt_file_at_the_default_val_fraction(tmp_path):
-    from itertools import islice
 
     from pipeline.context import StageContext
-    from pipeline.schema import Recipe
-    from pipeline.tracking import Tracker
-    from stages.data.sources import embedded_documents
     from stages.tokenizer import run
     book = tmp_path / "input.txt"
     book.write_text("\n".join(islice(embedded_documents(), 12)))  # one ~40 KB file: one document
