@@ -69,7 +69,9 @@ def main(args) -> int:
                   f"--rollouts {pairs} --out {rankings}\nthen run this command again to score them "
                   f"(or vote in `lifecycle serve`'s battle mode: {votes}).")
             return 0
-        games += identical_ties(answers)  # left out of the page: the same text from both players is a tie
+        if (out / "answers.json").is_file():  # pairs were written: those with one text for both players are ties
+            _, answers = load_or_answer(out, names, tasks, max_new, args.temperature, recipe.seed)
+            games += identical_ties(answers)  # (left out of the page)
     else:
         prompts, answers = load_or_answer(out, names, tasks, max_new, args.temperature, recipe.seed)
         games = games_from_scores(judge_scores(args.judge, prompts, answers, tasks))
