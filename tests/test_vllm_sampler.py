@@ -85,7 +85,7 @@ def test_make_sampler_falls_back_or_explains(monkeypatch):
     from pipeline.errors import UserError
     from stages.policy_gradient import vllm_sampler as vllm_generation
     monkeypatch.setattr(vllm_generation, "vllm_available", lambda: False)
-    cfg = SimpleNamespace(generation="auto")
+    cfg = SimpleNamespace(generation="auto", lora=False)
     assert vllm_generation.make_sampler(cfg, "dir", None, None) is None
     with pytest.raises(UserError, match="rl.generation: 'vllm' needs the vllm package and a CUDA GPU"):
-        vllm_generation.make_sampler(SimpleNamespace(generation="vllm"), "dir", None, None)
+        vllm_generation.make_sampler(SimpleNamespace(generation="vllm", lora=False), "dir", None, None)
