@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,3 +185,11 @@ def read_jsonl(path: str | Path, what: str, max_bytes: int = MAX_RECORDS_BYTES) 
         yield line_no, record
     if broken is not None and _ends_with_newline(path):
         raise broken
+
+
+def write_jsonl(path: str | Path, records) -> None:
+    """One JSON object per line; written beside the target and moved in place, so a reader never sees half."""
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    part.write_text("".join(json.dumps(r, default=float) + "\n" for r in records))
+    os.replace(part, path)

@@ -20,7 +20,19 @@ from pathlib import Path
 
 from pipeline import artifacts
 from pipeline.recipe import recipe_to_dict
-from pipeline.report_plots import plot_bok, plot_ladder, plot_losses, plot_overoptimisation, plot_rl, plot_rm
+from pipeline.report_knowledge import NOTE as KNOWLEDGE_NOTE
+from pipeline.report_knowledge import header as knowledge_header
+from pipeline.report_knowledge import knowledge_stages
+from pipeline.report_knowledge import table as knowledge_table
+from pipeline.report_plots import (
+    plot_bok,
+    plot_knowledge,
+    plot_ladder,
+    plot_losses,
+    plot_overoptimisation,
+    plot_rl,
+    plot_rm,
+)
 from pipeline.schema import DEFAULT_CHAIN
 from pipeline.tracking import Tracker, wandb_mode
 
@@ -211,6 +223,10 @@ def render(report: Report, run_name: str) -> str:
         out += md_table(["metric", "family"] + columns,
                         [[kind, fam] + [vals.get(c) for c in columns] for (kind, fam), vals in rows.items()])
         out += _image(report, "ladder", "accuracy ladder")
+    knowledge = knowledge_table(report.path.parent, stages)
+    if knowledge:
+        out += ["## Knowledge", "", KNOWLEDGE_NOTE, ""] + md_table(knowledge_header(stages), knowledge)
+        out += _image(report, "knowledge", "knowledge per stage")
     out += ["## Training curves", ""] + _image(report, "loss", "loss curves")
     if "rm" in stages:
         out += ["## Reward model", ""] + _image(report, "rm", "rm curves") + bok_line(stages["rm"].metrics)
@@ -252,7 +268,8 @@ def write_report(run_dir: str | Path, run_name: str | None = None, stage_names=D
                           ("rl", plot_rl(stages.get("rl"), plot_dir / "rl.png")),
                           ("bok", plot_bok(bok_cells([stages["rm"].metrics] if "rm" in stages else []),
                                            plot_dir / "bok.png")),
-                          ("overopt", plot_overoptimisation(stages.get("rl"), plot_dir / "overopt.png"))):
+                          ("overopt", plot_overoptimisation(stages.get("rl"), plot_dir / "overopt.png")),
+                          ("knowledge", plot_knowledge(knowledge_stages(stages), plot_dir / "knowledge.png"))):
         if plotted:
             report.plots[name] = {"path": str(plot_dir / f"{name}.png"), "curves": plotted}
     report.path.write_text(render(report, run_name or run_dir.name))

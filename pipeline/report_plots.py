@@ -220,3 +220,28 @@ def plot_bok(cells: dict[str, dict], path: Path) -> list[str]:
     ax.legend(fontsize=8)
     _save(fig, path)
     return [f"bok: {fam}" for fam in cells]
+
+
+KNOWLEDGE_BARS = (("acc_known", "right on known", "C2"), ("false_refusal_known", "refused on known", "C1"),
+                  ("refusal_unknown", "refused on unknown", "C0"), ("hallucination_unknown", "invented on unknown", "C3"))
+
+
+def plot_knowledge(rates: dict[str, dict[str, float]], path: Path) -> list[str]:
+    """Per stage and mode (from memory, with search): answers on known facts, refusals and inventions on
+    unknown ones. `rates`: {stage: {rate: value}} (eval/knowledge/* without the prefix)."""
+    groups = [(f"{stage}\n{mode}", r, "" if mode == "memory" else "_search") for stage, r in rates.items()
+              for mode in ("memory", "search") if mode == "memory" or "acc_search" in r]
+    if not groups:
+        return []
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.5 + 1.4 * len(groups)), 3.8))
+    width = 0.2
+    for j, (key, title, color) in enumerate(KNOWLEDGE_BARS):
+        ax.bar([i + (j - 1.5) * width for i in range(len(groups))], [r.get(key + tail, 0.0) for _, r, tail in groups],
+               width, color=color, label=title)
+    ax.set_xticks(range(len(groups)), [g for g, _, _ in groups], fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("share of held-out questions")
+    ax.set_title("knowledge: what each model answers, refuses and invents")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return [f"knowledge: {g.replace(chr(10), ' ')}" for g, _, _ in groups]

@@ -55,7 +55,7 @@ TASK_FILES = "stages.data.tasks.sources:task_files"  # local task files a stage 
 KINDS = {
     "tokenizer": Kind("stages.tokenizer:run", ("seed", "data", "tokenizer"), "", distributed=False, check=DATA_CHECK),
     "pretrain": Kind("stages.pretrain:run", ("seed", "data", "model", "pretrain", "eval"), "model", check=DATA_CHECK),
-    "sft": Kind("stages.sft:run", ("seed", "sft", "eval"), "model"),
+    "sft": Kind("stages.sft:run", ("seed", "sft", "eval", "data"), "model"),   # data: the facts its knowledge data asks about
     "dpo": Kind("stages.dpo:run", ("seed", "dpo", "eval"), "model"),
     "rm": Kind("stages.reward_model:run", ("seed", "rm", "eval"), "model"),
     # rl reads sft too: its equal-compute control trains with the sft section, PPO's ptx term uses sft.max_length

@@ -13,7 +13,7 @@ import difflib
 import re
 from typing import Annotated, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from pipeline.errors import BadValue
 from pipeline.recipe_values import (
@@ -34,54 +34,9 @@ from pipeline.recipe_values import (
     known,
     looks_like_stage,
 )
+from pipeline.sections import Distributed, Facts, Knowledge, Optim, Section, Tracking
 from stages.data.tasks import FAMILIES
 from stages.data.tasks.spec import hint, parse_source
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=(), allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _partial_groups_keep_stage_defaults(cls, data):
-        """`optim: {lr: 1e-4}` inside `sft:` changes lr only; the other fields keep the *stage's*
-        defaults (e.g. SFT's warmup), not the Optim class defaults."""
-        if not isinstance(data, dict):
-            return data
-        merged = dict(data)
-        for name, field in cls.model_fields.items():
-            key = field.alias or name
-            if isinstance(field.default, BaseModel) and isinstance(merged.get(key), dict):
-                merged[key] = {**field.default.model_dump(by_alias=True), **merged[key]}
-        return merged
-
-
-class Tracking(Section):
-    wandb: bool = True                      # log to W&B; offline (runs/<name>/wandb) when no API key
-    project: Name = "llm-lifecycle"         # W&B project
-    entity: Optional[Name] = None           # W&B team/user; None = your default entity
-    group: Optional[Name] = Field(None, min_length=1, max_length=128)  # W&B group; None = the run name (`lifecycle sweep` sets the sweep's name)
-
-
-class Distributed(Section):
-    engine: Literal["none", "ddp", "fsdp", "zero2", "zero3", "zero3_offload"] = "none"  # recipes/engines/<engine>.yaml
-    num_processes: int = Field(1, ge=1, le=100_000)  # processes in total (GPUs across all machines)
-    num_machines: int = Field(1, ge=1, le=10_000)    # nodes; > 1 needs main_process_ip (or `lifecycle slurm`)
-    main_process_ip: Optional[Name] = None   # rank-0 host for multi-node runs
-    main_process_port: int = Field(29500, ge=1, le=65535)  # rendezvous port
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # bf16 on GPUs; "no" on CPU
-
-
-class Optim(Section):
-    lr: float = Field(3e-4, gt=0, le=10)          # peak learning rate
-    weight_decay: float = Field(0.1, ge=0, le=10)  # AdamW decay on matrices (not norms/biases/embeddings)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)  # AdamW betas, each in [0, 1)
-    eps: float = Field(1e-8, gt=0, le=1)           # AdamW epsilon
-    grad_clip: float = Field(1.0, ge=0, le=1e6)    # max global grad norm; 0 = off
-    schedule: Literal["cosine", "wsd", "constant", "linear"] = "cosine"  # lr shape after warmup
-    warmup_steps: int = Field(0, ge=0, le=STEPS)   # linear warmup steps
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)   # final lr = lr * min_lr_ratio
-    decay_fraction: float = Field(0.2, gt=0, le=1) # wsd: fraction of steps spent decaying
 
 
 # ---------------------------------------------------------------- data + model
@@ -99,6 +54,7 @@ class Data(Section):
     # by a seeded hash, or each document's tail when documents are few (stages/data/sources.py, docs/tokenizer.md)
     shard_tokens: int = Field(10_000_000, ge=1000, le=BIG)  # tokens per memmap shard (held in memory while built)
     num_workers: int = Field(0, ge=0, le=1024)         # tokenizing processes; 0 = all cores
+    facts: Facts = Facts()                             # made-up people's facts mixed into the training split (docs/knowledge.md)
 
 
 class Model(Section):
@@ -167,6 +123,7 @@ class SFTStage(Section, TaskStage):
     eval_base: bool = True                     # also evaluate the starting model (base/... metrics)
     checkpoint_every: int = Field(100, ge=1, le=STEPS)  # steps between resumable checkpoints (in <stage>.tmp/checkpoints)
     keep_checkpoints: bool = False             # keep checkpoints/ in the final dir (else deleted)
+    knowledge: Knowledge = Knowledge()         # fact questions with probe-based refusals and search (needs data.facts)
 
     @model_validator(mode="after")
     def _weights_name_sources(self):
@@ -356,6 +313,10 @@ class Recipe(Section):
         if twice:
             raise BadValue(f"stages: two stages named '{twice[0]}'")
         for i, stage in enumerate(chain):
+            section = self.section_of(stage["name"])
+            if stage["kind"] == "sft" and section.knowledge.questions and not self.data.facts.people:
+                raise BadValue(f"stage '{stage['name']}': knowledge.questions needs facts in the corpus; "
+                               "set data.facts.people (e.g. 400) or knowledge.questions: 0")
             ref = self.from_of(stage["name"])
             if ref is None or ref not in names and not looks_like_stage(ref, names):
                 continue

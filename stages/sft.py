@@ -28,21 +28,28 @@ N processes x micro-batch b compute the same update as 1 process x N*b (TRL norm
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
 
 from pipeline.distributed import configure_engine, partitions_at_load, save_model_gathered, whole_model_loading
 from pipeline.errors import UserError
+from pipeline.files import write_jsonl
 from stages.data.conversations import SkipReport
+from stages.data.facts import World, world_of
+from stages.data.knowledge import knowledge_conversations
 from stages.data.sft_examples import build_examples, pack, train_families
+from stages.data.sources import iter_split
 from stages.data.tasks import DEFAULT_SYSTEM
 from stages.data.tasks.sources import label_of, stage_sources
 from stages.eval.families import evaluate_families
+from stages.eval.knowledge import LABELS, evaluate_knowledge, label, probe
 from stages.lm.checkpoints import Checkpoints
 from stages.lm.finetune import StepSchedule, add_lora, load_start_model, merge_lora, train_step
 from stages.lm.model import load_causal_lm, save_model
 from stages.lm.optim import make_optimizer, make_scheduler
+from stages.tools.search import SearchIndex, passages_from_documents
 
 
 def evaluate(model, tokenizer, cfg, families: list[str], seed: int, prefix: str, no_tool: bool):
@@ -64,7 +71,10 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     families = train_families(cfg)
     eval_specs = stage_sources(recipe, "sft_eval")
     report = SkipReport()
-    examples = build_examples(cfg, tokenizer, recipe.seed, families, report)
+    knowledge = prepare_knowledge(recipe, model, tokenizer, ctx) if cfg.knowledge.questions else None
+    extra = knowledge_conversations(knowledge.questions("train"), knowledge.labels, cfg.knowledge, knowledge.index,
+                                    recipe.seed) if knowledge else []
+    examples = build_examples(cfg, tokenizer, recipe.seed, families, report, extra)
     if main:
         report.write(ctx.out_dir / "data_report.json")
     ctx.log(f"data: {report.summary()} (each skipped row: data_report.json)")
@@ -134,9 +144,52 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         ctx.tracker.table("samples", ["family", "prompt", "completion", "answer", "score", "well_formed"],
                           [r for f in map(label_of, eval_specs) for r in [x for x in table if x[0] == f][:3]])
         ctx.log("sft: " + _summary(final, "eval"))
+        if knowledge:
+            know, rows = evaluate_knowledge(model, tokenizer, knowledge.questions("test"), knowledge.labels,
+                                            prefix="eval/knowledge", seed=recipe.seed, search=knowledge.index)
+            metrics.update(know)
+            write_jsonl(ctx.out_dir / "knowledge_eval.jsonl", rows)
+            if knowledge.index is not None:  # chat, serve and RL read it from the model dir
+                knowledge.index.save(ctx.out_dir)
+            ctx.log("knowledge: " + knowledge_summary(know, "eval/knowledge"))
         ctx.tracker.log(metrics, step=cfg.max_steps)
     ckpt.finish(cfg.keep_checkpoints)
     return metrics
+
+
+@dataclass
+class KnowledgeSetup:
+    world: World
+    labels: dict[str, str]          # question key -> known | unknown | unsure, by the probe of the start model
+    index: SearchIndex | None       # the corpus's search index (None when no conversation looks things up)
+
+    def questions(self, split: str):
+        return self.world.questions(split)
+
+
+def prepare_knowledge(recipe, model, tokenizer, ctx) -> KnowledgeSetup:
+    """Probe the start model on every question of data.facts' world; build the search index over the corpus."""
+    cfg = recipe.sft.knowledge
+    world = world_of(recipe.data.facts)
+    shares = probe(model, tokenizer, world.questions(), cfg.probe_samples, recipe.seed)
+    labels = {key: label(share, cfg.known_at, cfg.unknown_at) for key, share in shares.items()}
+    counts = {lab: sum(v == lab for v in labels.values()) for lab in LABELS}
+    ctx.log(f"knowledge probe of the start model ({cfg.probe_samples} samples per question): "
+            + ", ".join(f"{n} {lab}" for lab, n in counts.items()))
+    write_jsonl(ctx.out_dir / "knowledge_probe.jsonl",
+                [{"key": q.key, "repeats": q.repeats, "split": q.split, "share_right": shares[q.key],
+                  "label": labels[q.key]} for q in world.questions()])
+    index = None
+    if cfg.search_share > 0:
+        index = SearchIndex.build(passages_from_documents(doc for _, doc in iter_split(recipe.data, recipe.seed)))
+    return KnowledgeSetup(world, labels, index)
+
+
+def knowledge_summary(metrics: dict[str, float], prefix: str) -> str:
+    return (f"acc {metrics[f'{prefix}/acc']:.0%}, refusals on unknown {metrics[f'{prefix}/refusal_unknown']:.0%}, "
+            f"hallucinations on unknown {metrics[f'{prefix}/hallucination_unknown']:.0%}, false refusals on known "
+            f"{metrics[f'{prefix}/false_refusal_known']:.0%}"
+            + (f" | with search: acc {metrics[f'{prefix}/acc_search']:.0%}" if f"{prefix}/acc_search" in metrics else ""))
 
 
 def _summary(metrics: dict[str, float], prefix: str) -> str:

@@ -40,8 +40,9 @@ def builtin_conversations(cfg, seed: int, families: list[str]) -> list[tuple[str
     return out
 
 
-def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipReport) -> list[tuple[list, list]]:
-    """(input_ids, labels) for every usable conversation of every dataset, in dataset order."""
+def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipReport,
+                   extra: list[tuple[str, list[dict]]] = ()) -> list[tuple[list, list]]:
+    """(input_ids, labels) for every usable conversation of every dataset, in dataset order, then `extra`'s."""
     conversations: list[tuple[str, list[dict]]] = []
     for spec in cfg.datasets:
         if spec in ("builtin", "tasks"):
@@ -50,6 +51,8 @@ def build_examples(cfg, tokenizer, seed: int, families: list[str], report: SkipR
             report.kept += len(builtin)
         else:
             conversations += load_conversations(spec, report, max_rows=cfg.dataset_max_rows)
+    conversations += extra
+    report.kept += len(extra)
     examples = []
     for where, messages in conversations:
         encoded = render_training(tokenizer, messages, cfg.max_length)

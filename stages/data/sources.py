@@ -40,6 +40,7 @@ import datasets
 
 from pipeline.errors import UserError
 from pipeline.files import check_file, read_blocks, read_lines
+from stages.data.facts import world_of
 
 FINEWEB = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
 TXT_DOC_CHARS = 100_000  # split longer .txt files at blank lines into documents of about this size
@@ -282,15 +283,19 @@ def _nearest_break(doc: str, ideal: int, window: int) -> int:
 
 def iter_split(cfg, seed: int) -> Iterator[tuple[bool, str]]:
     """(is_val, text) for every document (hash split) or every document's head and tail (position
-    split, when the corpus has fewer than lookahead(val_fraction) documents), in source order."""
+    split, when the corpus has fewer than lookahead(val_fraction) documents), in source order; then
+    the entries of data.facts' world (stages/data/facts.py), all in the training split."""
     docs = iter_documents(cfg)
     head = list(itertools.islice(docs, lookahead(cfg.val_fraction)))
     if len(head) < lookahead(cfg.val_fraction):
         for doc in head:
             yield from split_by_position(doc, cfg.val_fraction)
-        return
-    for doc in itertools.chain(head, docs):
-        yield is_val(doc, seed, cfg.val_fraction), doc
+    else:
+        for doc in itertools.chain(head, docs):
+            yield is_val(doc, seed, cfg.val_fraction), doc
+    world = world_of(cfg.facts)
+    for doc in world.documents() if world else []:  # facts are for learning: all of them train
+        yield False, doc
 
 
 def split_documents(cfg, seed: int) -> tuple[list[str], list[str]]:
