@@ -7,8 +7,8 @@
     index.tool_result("Veltra Osmund")                         # the best passage, or "error: why"
 
 Scoring is bm25s (Lucene's BM25 as sparse matrices): maintained, needs only numpy and scipy, saves the
-index as plain .npy and JSON files, and scores a query against millions of passages in milliseconds;
-rank_bm25 keeps Python lists per passage and has no save format. The terms are ours, not bm25s's
+index as plain .npy and JSON files, and scores a query by reading only its terms' columns, so a large
+corpus stays fast; rank_bm25 keeps a Python dict per passage and has no save format. The terms are ours, not bm25s's
 tokenizer's (which drops one-character words): lower-cased runs of letters and digits minus English
 stopwords and question words, so a made-up name such as "Veltra Osmund" is two searchable terms, a year
 or an initial counts, and "Who is Veltra Osmund?" searches for the name alone. Ties go to the earlier
