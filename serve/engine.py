@@ -11,8 +11,9 @@ reply path), so greedy output is identical to the terminal's, and one request's 
 never change another's numbers. Throughput for 16 concurrent clients is measured in docs/serving.md.
 
 The text a client sees is stages/chat.py's shown_text: a calculator call and its (tool-computed) result
-appear as "[calc 7*6 = 42]". to_raw() maps that form back to the model's tokens when a client sends the
-conversation back, so the next turn's prompt holds exactly what the model generated.
+appear as "[calc 7*6 = 42]", a search and its passage as "[search QUERY -> PASSAGE]" (the index saved in
+the checkpoint dir, if any: stages/tools/search.py). to_raw() maps those forms back to the model's tokens
+when a client sends the conversation back, so the next turn's prompt holds exactly what the model generated.
 A completion cut (by max_tokens) inside a multi-byte character ends without that half character, as the
 terminal chat shows it. A job whose `cancelled` event is set (its client went away) stops at the next token, or is skipped if it
 is still queued; the worker then takes the next job.
@@ -30,18 +31,23 @@ import torch
 
 from pipeline.errors import UserError
 from stages.data.chat import render_prompt
-from stages.data.special_tokens import CALL, END, END_CALL, END_RESULT, RESULT
+from stages.data.special_tokens import CALL, END, END_CALL, END_RESULT, END_SEARCH, RESULT, SEARCH
 from stages.lm.bpe import ensure_chat_tokens
 from stages.lm.chat import default_system, shown_text
 from stages.lm.generation import stream
 from stages.lm.model import load_causal_lm
+from stages.tools.search import load_search_index
 
 SHOWN_CALL = re.compile(r"\[calc ([^\[\]=]*?) = ([^\[\]]*?)\]")  # what shown_text makes of a tool span
+# a passage has no square brackets (the index makes them round), so the first "]" ends the span
+SHOWN_SEARCH = re.compile(r"\[search ([^\[\]]*?) -> ([^\[\]]*?)\]")
 
 
 def to_raw(text: str) -> str:
-    """Inverse of shown_text for assistant turns: "[calc E = V]" -> <|calc|>E<|/calc|><|result|>V<|/result|>."""
-    return SHOWN_CALL.sub(lambda m: f"{CALL}{m.group(1)}{END_CALL}{RESULT}{m.group(2)}{END_RESULT}", text)
+    """Inverse of shown_text for assistant turns: "[calc E = V]" -> <|calc|>E<|/calc|><|result|>V<|/result|>,
+    "[search Q -> P]" -> <|search|>Q<|/search|><|result|>P<|/result|>."""
+    text = SHOWN_CALL.sub(lambda m: f"{CALL}{m.group(1)}{END_CALL}{RESULT}{m.group(2)}{END_RESULT}", text)
+    return SHOWN_SEARCH.sub(lambda m: f"{SEARCH}{m.group(1)}{END_SEARCH}{RESULT}{m.group(2)}{END_RESULT}", text)
 
 
 def model_name(checkpoint: str) -> str:
@@ -108,6 +114,7 @@ class Engine:
     def __init__(self, name: str, checkpoint: str, model, tokenizer):
         self.name, self.checkpoint, self.model, self.tokenizer = name, checkpoint, model, tokenizer
         self.system_prompt = default_system(checkpoint)
+        self.search = load_search_index(checkpoint)   # None: a <|search|> call gets "error: no search index"
         config = model.config
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or config.n_positions)
         self.end_id = tokenizer.convert_tokens_to_ids(END)
@@ -163,7 +170,7 @@ class Engine:
         text = ShownText(self.decode, s.stop)
         n, last = 0, None
         for token, from_tool in stream(self.model, self.tokenizer, job.prompt_ids, max_new_tokens=s.max_tokens,
-                                       temperature=s.temperature, top_p=s.top_p, seed=s.seed):
+                                       temperature=s.temperature, top_p=s.top_p, seed=s.seed, search=self.search):
             if job.cancelled.is_set():
                 self.stats["cancelled"] += 1
                 return

@@ -50,6 +50,7 @@ from stages.policy_gradient.evaluate import gains
 from stages.preference.data import collate, completion_logps, encode, example_logps, gather_preferences, to_grid
 from stages.rm.data import global_batches, is_test, split_key
 from stages.rm.metrics import ranking_metrics
+from stages.tools.search import copy_search_index
 
 
 def preference_step(model, batch: dict, ref_grid: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,6 +156,7 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
         system_prompt = Path(inputs["model"]) / "system_prompt.txt"  # what `lifecycle chat` uses with this model
         if system_prompt.is_file():
             shutil.copy(system_prompt, ctx.out_dir / "system_prompt.txt")
+        copy_search_index(inputs["model"], ctx.out_dir)   # and the search index chat and serve load with it
         with whole_model_loading(accelerator):  # evaluate what was saved: the artifact the next stage gets
             model, _ = load_causal_lm(ctx.out_dir, device=str(accelerator.device))
         mask_padded_vocab(model, len(tokenizer))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from stages.lm.losses import dpo_loss
+from stages.tools.search import SearchIndex, load_search_index
 
 
 def _softplus_neg(x: float) -> float:
@@ -88,6 +89,7 @@ def _run(tmp_path, tiny_model, tiny_tokenizer, **dpo):
     start = tmp_path / "sft"
     save_model(tiny_model, tiny_tokenizer, start)
     (start / "system_prompt.txt").write_text("You are tiny.")
+    SearchIndex.build(["Veltra Osmund drew the first map."]).save(start)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"Say {i}", "chosen": f"Answer: {i}", "rejected": "no no"}) + "\n"
                              for i in range(12)))
@@ -113,6 +115,7 @@ def test_dpo_stage_end_to_end(tmp_path, tiny_model, tiny_tokenizer, extra):
     assert (tmp_path / "rollouts_dpo.jsonl").is_file()        # the stage's own rollouts file
     assert not (out / "checkpoints").exists()                  # deleted at the end
     assert (out / "system_prompt.txt").read_text() == "You are tiny."
+    assert load_search_index(out).passages == ["Veltra Osmund drew the first map."]   # chat with it finds it
     losses = [json.loads(x)["train/loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if "train/loss" in x]
     assert len(losses) >= 4 and losses[-1] < losses[0]
     model = AutoModelForCausalLM.from_pretrained(out)          # a plain HF dir

@@ -1,4 +1,5 @@
-"""`lifecycle chat CKPT`: multi-turn terminal chat with a checkpoint, the calculator running inside generation."""
+"""`lifecycle chat CKPT`: multi-turn terminal chat with a checkpoint, the tools running inside generation
+(the calculator always, search when the checkpoint dir holds an index: stages/tools/search.py)."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +11,7 @@ from pipeline.errors import UserError
 from stages.lm.bpe import ensure_chat_tokens
 from stages.lm.chat import HELP, chat_loop, default_system
 from stages.lm.model import load_causal_lm
+from stages.tools.search import load_search_index
 
 
 def add_arguments(p) -> None:
@@ -26,7 +28,9 @@ def main(args) -> int:
     model, tokenizer = load_causal_lm(path, device="cuda" if torch.cuda.is_available() else "cpu")
     ensure_chat_tokens(tokenizer)
     system = default_system(path) if args.system is None else (args.system or None)
-    print(f"chatting with {path} | system: {system or '(none)'} | {HELP}", flush=True)
+    search = load_search_index(path)
+    print(f"chatting with {path} | system: {system or '(none)'} | "
+          f"search: {f'{len(search)} passages' if search is not None else '(none)'} | {HELP}", flush=True)
 
     def read() -> str:
         return input("you> ")
@@ -35,5 +39,6 @@ def main(args) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    chat_loop(model, tokenizer, system, read, write, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    chat_loop(model, tokenizer, system, read, write, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+              search=search)
     return 0

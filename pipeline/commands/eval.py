@@ -9,7 +9,8 @@ Suites (the same names the stages log at their end, so W&B panels and the report
 - base:  eval/val_loss, eval/val_bpb on the recipe's held-out documents (stages.eval.bpb.val_bits_per_byte)
          and a table of sampled continuations (eval.samples of them);
 - chat:  eval/acc/<family>, eval/format/<family>, eval/acc, eval/format on held-out tasks of eval.tasks (else sft's)
-         (stages.eval.families.evaluate_families, greedy, calculator on) and a completions table;
+         (stages.eval.families.evaluate_families, greedy, calculator on, search on when the checkpoint dir
+         holds an index) and a completions table;
 - rm:    eval/pairwise_acc, eval/top1_acc (+ /<family>, and gold_ variants against the verifier) on
          the held-out ranked rollouts of the recipe's run (the rm stage's split and metrics, stages/rm/);
 - rl:    gold accuracy (the chat metrics), pass@k, eval/rm_reward, eval/kl to the reference policy,
@@ -48,6 +49,7 @@ from stages.rm.best_of_k import best_of_k_metrics
 from stages.rm.data import encode, is_test, split_key
 from stages.rm.metrics import ranking_metrics, score_examples
 from stages.rm.rollouts import read_rollouts
+from stages.tools.search import load_search_index
 
 CHAT_SUITES = ("base", "chat", "rm", "rl")
 STAGE_SUITE = {"pretrain": "base", "sft": "chat", "rm": "rm", "rl": "rl"}
@@ -105,16 +107,17 @@ def families_of(recipe) -> list[str]:
     return stage_sources(recipe, "chat")
 
 
-def suite_chat(model, tokenizer, recipe, limit: int | None = None) -> EvalResult:
+def suite_chat(model, tokenizer, recipe, limit: int | None = None, search=None) -> EvalResult:
     ev = recipe.eval
     metrics, rows = evaluate_families(model, tokenizer, families_of(recipe), limit or ev.max_prompts_per_family,
-                                      recipe.seed, ev.max_new_tokens, use_tools=True, return_rows=True)
+                                      recipe.seed, ev.max_new_tokens, use_tools=True, return_rows=True,
+                                      search=search)
     columns = ["family", "prompt", "completion", "answer", "score", "well_formed"]
     return EvalResult(metrics, {"samples/chat": (columns, rows)})
 
 
 def suite_rl(model, tokenizer, recipe, checkpoint, ctx, reference: str | None = None,
-             reward_model: str | None = None) -> EvalResult:
+             reward_model: str | None = None, search=None) -> EvalResult:
     reference = reference or _input_of(checkpoint, "policy")
     if not reference:
         raise UserError(f"{checkpoint}: the rl suite needs a reference policy for KL; pass --reference SFT_DIR")
@@ -123,7 +126,7 @@ def suite_rl(model, tokenizer, recipe, checkpoint, ctx, reference: str | None = 
     reward_model = reward_model or _input_of(checkpoint, "reward_model")
     if reward_model:
         rm_fn = load_reward_fn(reward_model, device=_device())
-    return EvalResult(evaluate_policy(model, ref_model, tokenizer, recipe, rm_fn, ctx, "eval"))
+    return EvalResult(evaluate_policy(model, ref_model, tokenizer, recipe, rm_fn, ctx, "eval", search))
 
 
 def suite_rm(checkpoint, recipe, ctx, limit: int | None = None) -> EvalResult:
@@ -185,10 +188,11 @@ def evaluate(checkpoint: str | Path, suite: str, recipe, ctx, *, limit: int | No
     model, tokenizer = load_causal_lm(checkpoint, _device())
     if suite == "base":
         return suite_base(model, tokenizer, recipe, limit)
+    search = load_search_index(checkpoint)   # the one the stages sampled with, when the dir has one
     if suite == "chat":
-        return suite_chat(model, tokenizer, recipe, limit)
+        return suite_chat(model, tokenizer, recipe, limit, search)
     if suite == "rl":
-        return suite_rl(model, tokenizer, recipe, checkpoint, ctx, reference, reward_model)
+        return suite_rl(model, tokenizer, recipe, checkpoint, ctx, reference, reward_model, search)
     if suite == "benchmarks":
         return suite_benchmarks(model, tokenizer, recipe, checkpoint, limit)
     return suite_benchmark(suite, model, tokenizer, recipe, checkpoint, limit, data_file)

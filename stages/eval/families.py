@@ -21,9 +21,10 @@ from stages.lm.generation import generate
 
 def evaluate_families(model, tokenizer, families, n_per_family, seed, max_new_tokens, use_tools=True, samples=1,
                       temperature=0.0, *, prefix: str = "eval", batch_size: int = 64,
-                      return_rows: bool = False):
+                      return_rows: bool = False, search=None):
     """Metrics dict (see module doc). With return_rows=True returns (metrics, rows), rows being
-    [family, prompt, completion, answer, score, well_formed] for logging tables."""
+    [family, prompt, completion, answer, score, well_formed] for logging tables. `search` (a
+    stages.tools.search.SearchIndex) answers <|search|> calls; without it they get an error line."""
     metrics: dict[str, float] = {}
     rows: list[list] = []
     accs, formats = [], []
@@ -31,7 +32,7 @@ def evaluate_families(model, tokenizer, families, n_per_family, seed, max_new_to
         family, tasks = label_of(spec), load_tasks(spec, n_per_family, seed, "test")
         prompts = [render_prompt(tokenizer, t.prompt_messages()) for t in tasks]
         outs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                        num_samples=samples, use_tools=use_tools, seed=seed, batch_size=batch_size)
+                        num_samples=samples, use_tools=use_tools, seed=seed, batch_size=batch_size, search=search)
         scores = [[score(t, c.text) for c in cs] for t, cs in zip(tasks, outs)]
         forms = [[float(is_well_formed(c.text)) for c in cs] for cs in outs]
         acc = sum(map(sum, scores)) / (len(tasks) * samples)

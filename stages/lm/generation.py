@@ -1,4 +1,4 @@
-"""Batched sampling with a KV cache and the calculator tool run inside the loop.
+"""Batched sampling with a KV cache and the tools (calculator, search) run inside the loop.
 
     from stages.lm.generation import generate
     out = generate(model, tok, [render_prompt(tok, msgs)], max_new_tokens=96, temperature=1.0,
@@ -7,10 +7,12 @@
 
 Prompts are left-padded into one batch (positions from the attention mask), prefilled once, then
 decoded one token per step for all rows. When a row samples <|/calc|>, the text since its last <|calc|>
-goes to stages/tools/calculator.py and "<|result|>VALUE<|/result|>" is queued for that row: the next steps feed
-those tokens instead of sampling (tool_mask = 1: not sampled, so no loss and no log-prob for them),
-which keeps every row on the same step without re-running the cache. Finished rows (<|end|> or the
-token budget, which counts inserted tokens too) are dropped from the batch and its cache.
+goes to stages/tools/calculator.py and "<|result|>VALUE<|/result|>" is queued for that row; when it samples
+<|/search|>, the text since its last <|search|> goes to the search index (`search=`, stages/tools/search.py)
+and "<|result|>PASSAGE<|/result|>" is queued. The next steps feed those tokens instead of sampling
+(tool_mask = 1: not sampled, so no loss and no log-prob for them), which keeps every row on the same
+step without re-running the cache. Finished rows (<|end|> or the token budget, which counts inserted
+tokens too) are dropped from the batch and its cache.
 Completion.text is the decoded completion with special tokens kept (<|calc|>..., the final <|end|>).
 """
 from __future__ import annotations
@@ -20,8 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from stages.data.special_tokens import CALL, END, END_CALL, END_RESULT, RESULT
+from stages.data.special_tokens import CALL, END, END_CALL, END_RESULT, END_SEARCH, RESULT, SEARCH
 from stages.tools.calculator import tool_result
+from stages.tools.search import SearchIndex
+from stages.tools.search import tool_result as search_result
 
 
 @dataclass
@@ -62,22 +66,43 @@ class _Row:
         self.finished = False
 
 
-def _tool_tokens(tokenizer, row: _Row, ids: dict) -> list[int]:
-    """Ids of <|result|>VALUE<|/result|> for the call that just closed in this row."""
-    starts = [i for i, t in enumerate(row.ids) if t == ids["call"]]
+def _special_id(tokenizer, token: str) -> int | None:
+    """The token's id, or None when the tokenizer lacks it (one made before the token existed)."""
+    tid = tokenizer.convert_tokens_to_ids(token)
+    return None if tid is None or (tid == tokenizer.unk_token_id and token != tokenizer.unk_token) else tid
+
+
+def tool_ids(tokenizer) -> dict:
+    """The ids the sampler watches: <|end|>, and each tool's opening and closing tags."""
+    return {"end": tokenizer.convert_tokens_to_ids(END), "call": tokenizer.convert_tokens_to_ids(CALL),
+            "end_call": tokenizer.convert_tokens_to_ids(END_CALL), "search": _special_id(tokenizer, SEARCH),
+            "end_search": _special_id(tokenizer, END_SEARCH)}
+
+
+def closes_call(token: int, ids: dict) -> bool:
+    return token == ids["end_call"] or (ids["end_search"] is not None and token == ids["end_search"])
+
+
+def _tool_tokens(tokenizer, row: _Row, ids: dict, search: SearchIndex | None = None) -> list[int]:
+    """Ids of <|result|>VALUE<|/result|> for the call that just closed in this row (calculator or search)."""
+    is_search = ids["end_search"] is not None and row.ids[-1] == ids["end_search"]
+    open_id, open_tag, close_tag = (ids["search"], SEARCH, END_SEARCH) if is_search else (ids["call"], CALL, END_CALL)
+    starts = [i for i, t in enumerate(row.ids) if t == open_id]
     body = row.ids[starts[-1] + 1:-1] if starts else []
-    expr = tokenizer.decode(body, skip_special_tokens=True) if starts else ""
-    value = tool_result(expr) if starts else f"error: no {CALL} before {END_CALL}"
+    text = tokenizer.decode(body, skip_special_tokens=True) if starts else ""
+    if not starts:
+        value = f"error: no {open_tag} before {close_tag}"
+    else:
+        value = search_result(search, text) if is_search else tool_result(text)
     return tokenizer(f"{RESULT}{value}{END_RESULT}", add_special_tokens=False)["input_ids"]
 
 
 @torch.inference_mode()
 def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-                    top_p: float, top_k: int, use_tools: bool, gen) -> list[_Row]:
+                    top_p: float, top_k: int, use_tools: bool, gen, search: SearchIndex | None = None) -> list[_Row]:
     device = next(model.parameters()).device
     vocab = len(tokenizer)  # a model may pad its embedding past the tokenizer (model.vocab_size)
-    ids = {"end": tokenizer.convert_tokens_to_ids(END), "call": tokenizer.convert_tokens_to_ids(CALL),
-           "end_call": tokenizer.convert_tokens_to_ids(END_CALL)}
+    ids = tool_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else ids["end"]
     rows = [_Row(list(p)) for p in prompts]
     width = max(len(p) for p in prompts)
@@ -102,8 +127,8 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
             row.tool.append(int(forced))
             if not forced and token == ids["end"]:
                 row.finished = True
-            elif not forced and use_tools and token == ids["end_call"]:
-                row.forced.extend(_tool_tokens(tokenizer, row, ids))
+            elif not forced and use_tools and closes_call(token, ids):
+                row.forced.extend(_tool_tokens(tokenizer, row, ids, search))
             fed.append(token)
         keep = [slot for slot, r in enumerate(active) if not rows[r].finished and len(rows[r].ids) < max_new_tokens]
         if not keep:
@@ -124,10 +149,12 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
 
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, num_samples: int = 1, use_tools: bool = True,
-             seed: int | None = None, batch_size: int = 64) -> list[list[Completion]]:
+             seed: int | None = None, batch_size: int = 64,
+             search: SearchIndex | None = None) -> list[list[Completion]]:
     """num_samples completions for each prompt (token-id lists), as out[prompt][sample].
 
-    temperature 0 is greedy. With a seed the result is reproducible for the same batch_size."""
+    temperature 0 is greedy. With a seed the result is reproducible for the same batch_size. `search`
+    answers <|search|> calls (without it they get "error: no search index")."""
     if not prompts:
         return []
     device = next(model.parameters()).device
@@ -141,7 +168,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
             rows = _generate_batch(model, tokenizer, [prompts[p] for p, _ in chunk], max_new_tokens,
-                                   temperature, top_p, top_k, use_tools, gen)
+                                   temperature, top_p, top_k, use_tools, gen, search)
             for (p, s), row in zip(chunk, rows):
                 text = tokenizer.decode(row.ids, skip_special_tokens=False)
                 out[p][s] = Completion(row.prompt_ids, row.ids, row.tool, text, row.finished)
@@ -152,7 +179,8 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
 
 @torch.inference_mode()
 def stream(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int, temperature: float = 0.0,
-           top_p: float = 1.0, top_k: int = 0, use_tools: bool = True, seed: int | None = None):
+           top_p: float = 1.0, top_k: int = 0, use_tools: bool = True, seed: int | None = None,
+           search: SearchIndex | None = None):
     """Yield (token_id, from_tool) one at a time for a single prompt (the chat CLI's live output).
 
     Same rules as generate(): stops after <|end|>; tool results are yielded with from_tool=True."""
@@ -160,8 +188,7 @@ def stream(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int, temp
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
     vocab = len(tokenizer)
-    ids = {"end": tokenizer.convert_tokens_to_ids(END), "call": tokenizer.convert_tokens_to_ids(CALL),
-           "end_call": tokenizer.convert_tokens_to_ids(END_CALL)}
+    ids = tool_ids(tokenizer)
     row = _Row(list(prompt_ids))
     was_training = model.training
     model.eval()
@@ -175,8 +202,8 @@ def stream(model, tokenizer, prompt_ids: list[int], *, max_new_tokens: int, temp
             yield token, forced
             if not forced and token == ids["end"]:
                 return
-            if not forced and use_tools and token == ids["end_call"]:
-                row.forced.extend(_tool_tokens(tokenizer, row, ids))
+            if not forced and use_tools and closes_call(token, ids):
+                row.forced.extend(_tool_tokens(tokenizer, row, ids, search))
             out = model(input_ids=torch.tensor([[token]], device=device), cache=cache, use_cache=True)
             cache, logits = out.cache, out.logits[:, -1, :vocab]
     finally:

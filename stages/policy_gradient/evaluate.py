@@ -29,7 +29,7 @@ STATS_PER_FAMILY = 16    # held-out prompts per family for RM reward / KL / leng
 
 
 # ---------------------------------------------------------------- readiness
-def readiness(policy, tokenizer, tasks, mix, cfg, ctx, sampler=None) -> dict[str, float]:
+def readiness(policy, tokenizer, tasks, mix, cfg, ctx, sampler=None, search=None) -> dict[str, float]:
     """pass@G and the share of groups with reward variance, in seconds; stop with a diagnosis if too low."""
     G = cfg.num_generations
     cut, longest = reference_overflow(tokenizer, tasks, cfg.max_new_tokens)
@@ -38,7 +38,8 @@ def readiness(policy, tokenizer, tasks, mix, cfg, ctx, sampler=None) -> dict[str
                 f"reference answers (longest {longest} tokens): those prompts can never be rewarded")
     picked = random.Random(ctx.seed).sample(tasks, min(READINESS_PROMPTS, len(tasks)))
     t0 = time.time()
-    comps, prompts, fields = sample_groups(policy, tokenizer, picked, cfg, G, seed=ctx.seed, sampler=sampler)
+    comps, prompts, fields = sample_groups(policy, tokenizer, picked, cfg, G, seed=ctx.seed, sampler=sampler,
+                                           search=search)
     total, parts = mix(prompts, [c.text for c in comps], **fields)
     gold = torch.tensor(gold_rewards(parts, prompts, comps, fields)).view(-1, G)       # (prompts, G)
     signal = 1.0 - zero_variance_fraction(torch.tensor(total), G)
@@ -75,33 +76,34 @@ def diagnose(out, G, n_wrong, n_systematic, n) -> str:
 
 
 # ---------------------------------------------------------------- held-out eval
-def evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, tag: str) -> dict[str, float]:
-    """eval/* metrics on held-out prompts of every eval source (stage_sources "rl_eval"), and a table of samples."""
+def evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, tag: str, search=None) -> dict[str, float]:
+    """eval/* metrics on held-out prompts of every eval source (stage_sources "rl_eval"), and a table of samples.
+    search: the stages.tools.search.SearchIndex that answers <|search|> calls, as in training."""
     specs = stage_sources(recipe, "rl_eval")
     cfg, ev = recipe.rl, recipe.eval
     t0 = time.time()
     out = evaluate_families(model, tokenizer, specs, ev.max_prompts_per_family, ctx.seed,
-                            ev.max_new_tokens, use_tools=True, samples=1, temperature=0.0)
+                            ev.max_new_tokens, use_tools=True, samples=1, temperature=0.0, search=search)
     if cfg.eval_samples > 1:
         passk = evaluate_families(model, tokenizer, specs, ev.max_prompts_per_family, ctx.seed,
                                   ev.max_new_tokens, use_tools=True, samples=cfg.eval_samples,
-                                  temperature=cfg.temperature)
+                                  temperature=cfg.temperature, search=search)
         out.update({k: v for k, v in passk.items() if k.startswith("eval/pass@")})
-    out.update(sampled_stats(model, reference, tokenizer, recipe, rm_fn, ctx, tag))
+    out.update(sampled_stats(model, reference, tokenizer, recipe, rm_fn, ctx, tag, search))
     ctx.log(f"eval {tag} ({time.time() - t0:.0f}s): " + ", ".join(
         f"{k.split('/', 1)[1]} {v:.3f}" for k, v in out.items() if k.startswith("eval/acc/")))
     return out
 
 
 @torch.no_grad()
-def sampled_stats(model, reference, tokenizer, recipe, rm_fn, ctx, tag) -> dict[str, float]:
+def sampled_stats(model, reference, tokenizer, recipe, rm_fn, ctx, tag, search=None) -> dict[str, float]:
     """Mean RM reward, KL(policy || reference) per completion and length on sampled held-out completions."""
     cfg = recipe.rl
     n = min(STATS_PER_FAMILY, recipe.eval.max_prompts_per_family)
     groups = [load_tasks(spec, n, ctx.seed, "test") for spec in stage_sources(recipe, "rl_eval")]
     tasks = [t for group in groups for t in group]
     first_two = [j < 2 for group in groups for j in range(len(group))]
-    comps, prompts, fields = sample_groups(model, tokenizer, tasks, cfg, 1, seed=ctx.seed + 7)
+    comps, prompts, fields = sample_groups(model, tokenizer, tasks, cfg, 1, seed=ctx.seed + 7, search=search)
     texts = [c.text for c in comps]
     device = next(model.parameters()).device
     batch = collate(comps, tokenizer.pad_token_id, device)
@@ -143,11 +145,11 @@ def summary_line(metrics: dict) -> str:
     return "held-out accuracy before->after RL: " + "; ".join(parts)
 
 
-def equal_compute_control(policy_path, recipe, wall_s, reference, rm_fn, ctx) -> dict[str, float]:
+def equal_compute_control(policy_path, recipe, wall_s, reference, rm_fn, ctx, search=None) -> dict[str, float]:
     """The SFT checkpoint trained further with SFT for RL's wall time, evaluated like RL."""
     ctx.log(f"equal-compute control: SFT from {policy_path} for {wall_s:.0f}s (RL's training wall time)")
     model, tokenizer, info = continue_sft(policy_path, recipe, wall_s, ctx)
-    out = evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, "control")
+    out = evaluate(model, reference, tokenizer, recipe, rm_fn, ctx, "control", search)
     metrics = {f"control/{k}": v for k, v in out.items()}
     metrics.update({f"control/{k}": float(v) for k, v in info.items()})
     return metrics

@@ -84,11 +84,12 @@ def grpo_update(policy, batch: dict, advantages: torch.Tensor, cfg, optimizer, a
 
 
 def grpo_step(policy, ref_model, tokenizer, tasks, reward_mix, cfg, accelerator, optimizer, micro: int = 64,
-              seed: int | None = None, sampler=None) -> tuple[dict[str, float], dict]:
+              seed: int | None = None, sampler=None, search=None) -> tuple[dict[str, float], dict]:
     """Sample G completions of each task, score, and update: (metrics, rollout) for one RL step."""
     G = cfg.num_generations
     t0 = time.time()
-    comps, prompt_texts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, tasks, cfg, G, seed, sampler)
+    comps, prompt_texts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, tasks, cfg, G, seed, sampler,
+                                                search)
     gen_s = time.time() - t0
     total, parts = reward_mix(prompt_texts, [c.text for c in comps], **fields)
     rewards = torch.tensor(total)
@@ -127,7 +128,7 @@ def train(run: RLRun) -> dict[str, float]:
         indices, seed = cursor.take(step)
         picked = [run.tasks[i] for i in indices]
         metrics, r = grpo_step(run.policy, reference, run.tokenizer, picked, run.reward_mix, cfg, accelerator,
-                               run.optimizer, cfg.micro_batch_size, seed=seed, sampler=run.sampler)
+                               run.optimizer, cfg.micro_batch_size, seed=seed, sampler=run.sampler, search=run.search)
         metrics = mean_over_ranks(accelerator, metrics)  # each rank sampled its own prompts
         tokens += metrics["train/completion_len"] * len(picked) * cfg.num_generations * accelerator.num_processes
         run.scheduler.step()

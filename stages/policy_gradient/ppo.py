@@ -161,7 +161,7 @@ def train(run: RLRun) -> dict[str, float]:
         indices, seed = cursor.take(step)
         picked = [run.tasks[i] for i in indices]
         comps, prompts, fields = sample_groups(accelerator.unwrap_model(policy), tokenizer, picked, cfg,
-                                               cfg.num_generations, seed=seed, sampler=run.sampler)
+                                               cfg.num_generations, seed=seed, sampler=run.sampler, search=run.search)
         total, parts = run.reward_mix(prompts, [c.text for c in comps], **fields)
         batch = collate(comps, tokenizer.pad_token_id, accelerator.device)
         scores = torch.tensor(total, device=accelerator.device)

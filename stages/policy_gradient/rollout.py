@@ -1,9 +1,10 @@
 """RL rollouts, one module for GRPO and PPO: the loop state both take, the prompt cursor, sampling G
-completions per prompt (calculator live), and the tensors built from them.
+completions per prompt (tools live: the calculator, and search when the policy dir has an index), and
+the tensors built from them.
 
 A batch is a dict of (N, L) right-padded prompt+completion rows: input_ids, attention_mask and
 completion_mask, which is 1 on the tokens the policy sampled and 0 on the prompt, padding and tool
-output, so the calculator's tokens get no logprob, no KL and no loss.
+output, so the tools' tokens get no logprob, no KL and no loss.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class RLRun:
     scheduler: Any
     monitor: Any = None           # stages.policy_gradient.monitor.HackingMonitor when an RM is among the rewards
     sampler: Any = None           # stages.policy_gradient.vllm_sampler.VLLMSampler, else HF generate
+    search: Any = None            # stages.tools.search.SearchIndex answering <|search|> calls (the policy dir's)
     value_model_dir: str | None = None  # PPO: the RM dir its value model starts from
     ptx_max_length: int = 256     # PPO: tokens per SFT conversation in the ptx term
     checkpoints: Any = None       # stages.lm.checkpoints.Checkpoints in <stage>.tmp/checkpoints; None = never saved
@@ -148,16 +150,17 @@ def batched_logps(model, batch: dict, micro: int, temperature: float = 1.0) -> t
                       for i in range(0, n, micro)])
 
 
-def sample_groups(model, tokenizer, tasks, cfg, num_samples: int, seed: int | None, sampler=None):
+def sample_groups(model, tokenizer, tasks, cfg, num_samples: int, seed: int | None, sampler=None, search=None):
     """G completions of each task's prompt, flattened group by group, with the reward fields.
 
-    sampler: a stages.policy_gradient.vllm_sampler.VLLMSampler holding the policy's current weights, else HF generate."""
+    sampler: a stages.policy_gradient.vllm_sampler.VLLMSampler holding the policy's current weights, else HF generate.
+    search: the stages.tools.search.SearchIndex that answers <|search|> calls (None: they get an error line)."""
     prompts = [render_prompt(tokenizer, t.prompt_messages()) for t in tasks]
     was_training = model.training
     model.eval()
     sample = sampler.generate if sampler is not None else lambda *a, **k: generate(model, tokenizer, *a, **k)
     groups = sample(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                    top_p=cfg.top_p, num_samples=num_samples, use_tools=True, seed=seed)
+                    top_p=cfg.top_p, num_samples=num_samples, use_tools=True, seed=seed, search=search)
     model.train(was_training)
     flat = [c for group in groups for c in group]
     flat_tasks = [t for t in tasks for _ in range(num_samples)]

@@ -1,4 +1,4 @@
-"""RL rollouts through vLLM on GPU, with our calculator tool run between requests.
+"""RL rollouts through vLLM on GPU, with our tools (calculator, search) run between requests.
 
     sampler = make_sampler(cfg, policy_dir, tokenizer, accelerator)   # None: HF generate (stages.lm.generation)
     groups = sampler.generate(prompts, max_new_tokens=96, temperature=1.0, num_samples=8, seed=0)
@@ -10,8 +10,8 @@ distributed_executor_backend="external_launcher"), sampling the prompts that ran
 the policy's new weights in place after each optimizer step (no disk round trip).
 
 The output is stages.lm.generation's: out[prompt][sample] -> Completion, with the same rules. vLLM
-samples until <|end|> or <|/calc|>; a row that stopped at <|/calc|> gets the calculator's
-<|result|>VALUE<|/result|> appended (tool_mask 1: not sampled, no loss) and goes back as a new request
+samples until <|end|>, <|/calc|> or <|/search|>; a row that stopped at a tool's closing tag gets the
+tool's <|result|>...<|/result|> appended (tool_mask 1: not sampled, no loss) and goes back as a new request
 whose prompt is everything so far (vLLM's prefix cache makes the resend cheap), until <|end|> or the
 token budget, which counts inserted tokens as the HF path does. Padded embedding rows
 (model.vocab_size) are excluded with allowed_token_ids.
@@ -24,8 +24,7 @@ import torch
 
 from pipeline.distributed import holds_shards
 from pipeline.errors import UserError
-from stages.data.special_tokens import CALL, END, END_CALL
-from stages.lm.generation import Completion, _Row, _tool_tokens
+from stages.lm.generation import Completion, _Row, _tool_tokens, closes_call, tool_ids
 
 
 def vllm_available() -> bool:
@@ -61,8 +60,7 @@ def make_sampler(cfg, policy_dir: str, tokenizer, accelerator):
 class VLLMSampler:
     def __init__(self, llm, tokenizer):
         self.llm, self.tokenizer = llm, tokenizer
-        self.ids = {"end": tokenizer.convert_tokens_to_ids(END), "call": tokenizer.convert_tokens_to_ids(CALL),
-                    "end_call": tokenizer.convert_tokens_to_ids(END_CALL)}
+        self.ids = tool_ids(tokenizer)
 
     def load_weights(self, model) -> None:
         """Copy the policy's current weights into the engine (names as HF saves them)."""
@@ -76,7 +74,8 @@ class VLLMSampler:
 
     def _params(self, n: int, max_tokens: int, temperature: float, top_p: float, top_k: int, seed, use_tools: bool):
         from vllm import SamplingParams
-        stops = [self.ids["end"]] + ([self.ids["end_call"]] if use_tools else [])
+        closing = [self.ids["end_call"]] + ([self.ids["end_search"]] if self.ids["end_search"] is not None else [])
+        stops = [self.ids["end"]] + (closing if use_tools else [])
         return SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                               top_k=top_k if top_k > 0 else -1, seed=seed, stop_token_ids=stops,
                               allowed_token_ids=list(range(len(self.tokenizer))), skip_special_tokens=False,
@@ -84,7 +83,8 @@ class VLLMSampler:
 
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, top_k: int = 0, num_samples: int = 1, use_tools: bool = True,
-                 seed: int | None = None) -> list[list[Completion]]:
+                 seed: int | None = None, search=None) -> list[list[Completion]]:
+        """As stages.lm.generation.generate; `search` (a stages.tools.search.SearchIndex) answers <|search|> calls."""
         rows = [[_Row(list(p)) for _ in range(num_samples)] for p in prompts]
         # round 1: every prompt once with n samples; later rounds: rows that called the tool, one each
         requests = [(rows[i], p, max_new_tokens) for i, p in enumerate(prompts)]
@@ -98,14 +98,14 @@ class VLLMSampler:
             for (group, _, _), out in zip(requests, outputs):
                 for row, sample in zip(group, out.outputs):
                     if self._extend(row, list(sample.token_ids), sample.finish_reason,
-                                    getattr(sample, "stop_reason", None), max_new_tokens, use_tools):
+                                    getattr(sample, "stop_reason", None), max_new_tokens, use_tools, search):
                         follow_up.append(([row], row.prompt_ids + row.ids, max_new_tokens - len(row.ids)))
             requests, round_ = follow_up, round_ + 1
         return [[Completion(r.prompt_ids, r.ids, r.tool, self.tokenizer.decode(r.ids, skip_special_tokens=False),
                             r.finished) for r in group] for group in rows]
 
     def _extend(self, row: _Row, sampled: list[int], finish_reason, stop_reason, max_new_tokens: int,
-                use_tools: bool) -> bool:
+                use_tools: bool, search=None) -> bool:
         """Append one request's tokens to the row; True when it stopped at a tool call with budget left."""
         if finish_reason == "stop" and stop_reason is None:
             stop_reason = self.ids["end"]  # stopped at the EOS token (<|end|> is the chat models' EOS)
@@ -117,9 +117,9 @@ class VLLMSampler:
         if last == self.ids["end"]:
             row.finished = True
             return False
-        if not (use_tools and last == self.ids["end_call"]) or len(row.ids) >= max_new_tokens:
+        if not (use_tools and last is not None and closes_call(last, self.ids)) or len(row.ids) >= max_new_tokens:
             return False
-        forced = _tool_tokens(self.tokenizer, row, self.ids)[:max_new_tokens - len(row.ids)]
+        forced = _tool_tokens(self.tokenizer, row, self.ids, search)[:max_new_tokens - len(row.ids)]
         row.ids += forced
         row.tool += [1] * len(forced)
         return len(row.ids) < max_new_tokens

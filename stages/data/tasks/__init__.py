@@ -20,7 +20,19 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from stages.data.special_tokens import ASSISTANT, BOS, CALL, END, END_CALL, END_RESULT, RESULT, SYSTEM, USER
+from stages.data.special_tokens import (
+    ASSISTANT,
+    BOS,
+    CALL,
+    END,
+    END_CALL,
+    END_RESULT,
+    END_SEARCH,
+    RESULT,
+    SEARCH,
+    SYSTEM,
+    USER,
+)
 from stages.data.tasks import arithmetic, calculator, decimals, persona, spelling, verify
 
 FAMILIES: tuple[str, ...] = ("arithmetic", "spelling", "decimal_compare", "calculator", "identity", "unknown")
@@ -127,14 +139,15 @@ def score(task: Task, completion_text: str) -> float:
 
 def is_well_formed(completion_text: str) -> bool:
     """The turn ends with <|end|>, its last line is "Answer: <value>", no other turn's header leaks in,
-    and calculator tags are balanced."""
+    and tool tags (calculator, search, results) are balanced."""
     text = completion_text.rstrip()
     if not text.endswith(END):
         return False
     body = text[: -len(END)]
     if any(tok in body for tok in (END, BOS, SYSTEM, USER, ASSISTANT)):
         return False
-    if body.count(CALL) != body.count(END_CALL) or body.count(RESULT) != body.count(END_RESULT):
+    if any(body.count(open_) != body.count(close) for open_, close in
+           ((CALL, END_CALL), (SEARCH, END_SEARCH), (RESULT, END_RESULT))):
         return False
     last = body.rstrip().split("\n")[-1]
     return last.startswith(ANSWER_PREFIX) and bool(last[len(ANSWER_PREFIX):].strip())
