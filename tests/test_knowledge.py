@@ -144,3 +144,38 @@ def test_report_table_compares_each_stage_with_the_answer_everything_control(tmp
     assert [r[:2] for r in out] == [["sft", "memory"], ["sft", "search"], ["sft_plain", "memory"]]
     assert out[0][-1] == pytest.approx(2 / 3) and out[2][-1] is None
     assert out[1][4] == 0.8 and out[1][5] == 1.0
+
+
+def test_sft_stage_probes_its_start_model_trains_on_knowledge_and_reports_it(tmp_path, tiny_model, tiny_tokenizer):
+    from pipeline.context import StageContext
+    from pipeline.tracking import Tracker
+    from stages import sft as sft_stage
+    from stages.lm.model import save_model
+    from stages.tools.search import load_search_index
+    (tmp_path / "book.txt").write_text("In the beginning was the word.\n\nAnd the word was short.\n" * 40)
+    start = tmp_path / "start"
+    save_model(tiny_model, tiny_tokenizer, start)
+    recipe = Recipe.model_validate({"name": "t", "data": {"source": "local", "paths": [str(tmp_path / "book.txt")],
+                                                           "facts": {"people": 12, "repeats": [1, 3]}},
+                                    "sft": {"from": str(start), "max_steps": 2, "micro_batch_size": 4,
+                                            "families": ["identity"], "builtin_train_per_family": 4,
+                                            "builtin_test_per_family": 2, "eval_max_new_tokens": 6, "eval_base": False,
+                                            "max_length": 1024, "multi_turn_share": 0.0,
+                                            "knowledge": {"questions": 16, "probe_samples": 2, "search_share": 0.5,
+                                                          "known_at": 0.5}}})
+    out = tmp_path / "sft"
+    ctx = StageContext(stage="sft", out_dir=out, run_dir=tmp_path, seed=0,
+                       tracker=Tracker("sft", out, tmp_path, "t", {}, None, echo=False))
+    metrics = sft_stage.run(recipe, {"model": str(start)}, ctx)
+    probe = [json.loads(line) for line in (out / "knowledge_probe.jsonl").read_text().splitlines()]
+    assert len(probe) == 36 and {p["label"] for p in probe} <= {"known", "unknown", "unsure"}
+    rows = [json.loads(line) for line in (out / "knowledge_eval.jsonl").read_text().splitlines()]
+    held_out = sum(p["split"] == "test" for p in probe)
+    assert Counter(r["mode"] for r in rows) == {"memory": held_out, "search": held_out}
+    assert {"eval/knowledge/acc", "eval/knowledge/hallucination_unknown", "eval/knowledge/acc_search",
+            "eval/knowledge/n_known"} <= metrics.keys()
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["kept"] == 4 + 16 and report["skipped"] == 0
+    index = load_search_index(out)
+    world = World.generate(12, (1, 3), 0)
+    assert world.people[0].statement("home") in index.tool_result(world.people[0].name + " lives")
