@@ -160,29 +160,31 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
 @dataclass
 class KnowledgeSetup:
     world: World
+    test_share: float
     labels: dict[str, str]          # question key -> known | unknown | unsure, by the probe of the start model
     index: SearchIndex | None       # the corpus's search index (None when no conversation looks things up)
 
     def questions(self, split: str):
-        return self.world.questions(split)
+        return self.world.questions(split, self.test_share)
 
 
 def prepare_knowledge(recipe, model, tokenizer, ctx) -> KnowledgeSetup:
     """Probe the start model on every question of data.facts' world; build the search index over the corpus."""
     cfg = recipe.sft.knowledge
     world = world_of(recipe.data.facts)
-    shares = probe(model, tokenizer, world.questions(), cfg.probe_samples, recipe.seed)
+    questions = world.questions(test_share=cfg.test_share)
+    shares = probe(model, tokenizer, questions, cfg.probe_samples, recipe.seed)
     labels = {key: label(share, cfg.known_at, cfg.unknown_at) for key, share in shares.items()}
     counts = {lab: sum(v == lab for v in labels.values()) for lab in LABELS}
     ctx.log(f"knowledge probe of the start model ({cfg.probe_samples} samples per question): "
             + ", ".join(f"{n} {lab}" for lab, n in counts.items()))
     write_jsonl(ctx.out_dir / "knowledge_probe.jsonl",
                 [{"key": q.key, "repeats": q.repeats, "split": q.split, "share_right": shares[q.key],
-                  "label": labels[q.key]} for q in world.questions()])
+                  "label": labels[q.key]} for q in questions])
     index = None
     if cfg.search_share > 0:
         index = SearchIndex.build(passages_from_documents(doc for _, doc in iter_split(recipe.data, recipe.seed)))
-    return KnowledgeSetup(world, labels, index)
+    return KnowledgeSetup(world, cfg.test_share, labels, index)
 
 
 def knowledge_summary(metrics: dict[str, float], prefix: str) -> str:

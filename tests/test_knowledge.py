@@ -31,8 +31,8 @@ def test_world_is_deterministic_with_unique_names_and_controlled_repeats():
 
 
 def test_questions_split_by_person_and_their_cloze_starts_the_statement():
-    world = World.generate(people=80, repeats=(1, 50), seed=0, test_share=0.3)
-    questions = world.questions()
+    world = World.generate(people=80, repeats=(1, 50), seed=0)
+    questions = world.questions(test_share=0.3)
     assert len(questions) == 240
     by_person = {}
     for q in questions:
@@ -40,9 +40,10 @@ def test_questions_split_by_person_and_their_cloze_starts_the_statement():
         assert q.statement.startswith(q.cloze + " ") and q.statement == f"{q.cloze} {q.answer}."
         assert q.name in q.text and q.text.endswith("?")
     assert all(len(s) == 1 for s in by_person.values())
-    held_out = world.questions("test")
+    held_out = world.questions("test", test_share=0.3)
     assert 0.15 < len(held_out) / len(questions) < 0.45
-    assert {q.key for q in held_out}.isdisjoint(q.key for q in world.questions("train"))
+    assert {q.key for q in held_out}.isdisjoint(q.key for q in world.questions("train", test_share=0.3))
+    assert len(world.questions("test", test_share=0.6)) > len(held_out)
 
 
 def test_facts_join_the_training_split_only(tmp_path):
@@ -179,3 +180,22 @@ def test_sft_stage_probes_its_start_model_trains_on_knowledge_and_reports_it(tmp
     index = load_search_index(out)
     world = World.generate(12, (1, 3), 0)
     assert world.people[0].statement("home") in index.tool_result(world.people[0].name + " lives")
+
+
+def test_probe_command_prints_the_split_per_repeat_count_and_refuses_a_recipe_without_facts(
+        tmp_path, tiny_model, tiny_tokenizer, capsys):
+    from pipeline.cli import main as cli_main
+    from stages.lm.model import save_model
+    save_model(tiny_model, tiny_tokenizer, tmp_path / "base")
+    (tmp_path / "book.txt").write_text("Some text to read.\n" * 50)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\ndata: {{source: local, paths: ['{tmp_path / 'book.txt'}'], "
+                      "facts: {people: 6, repeats: [1, 2]}}\nsft: {knowledge: {probe_samples: 2}}\n")
+    assert cli_main(["probe", "knowledge", str(tmp_path / "base"), "--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "18 questions about 6 people, 2 T=1 cloze samples each" in out
+    assert "   1x" in out and "   2x" in out and ("[unknown]" in out or "[unsure]" in out or "[known]" in out)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(f"name: p\ndata: {{source: local, paths: ['{tmp_path / 'book.txt'}']}}\n")
+    assert cli_main(["probe", "knowledge", str(tmp_path / "base"), "--recipe", str(plain)]) == 2
+    assert "data.facts.people is 0" in capsys.readouterr().err

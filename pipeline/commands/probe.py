@@ -54,7 +54,7 @@ def knowledge(args, recipe, model, tokenizer) -> int:
         raise UserError(f"{args.recipe}: data.facts.people is 0; the knowledge probe asks about the facts a recipe "
                         "mixes into its corpus (docs/knowledge.md)")
     cfg = recipe.sft.knowledge
-    questions = world.questions()
+    questions = world.questions(test_share=cfg.test_share)
     shares = probe(model, tokenizer, questions, cfg.probe_samples, recipe.seed)
     labels = {q.key: label(shares[q.key], cfg.known_at, cfg.unknown_at) for q in questions}
     print(f"knowledge probe of {args.checkpoint}: {len(questions)} questions about {len(world.people)} people, "

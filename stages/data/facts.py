@@ -84,10 +84,9 @@ def split_of(name: str, test_share: float) -> str:
 class World:
     people: tuple[Person, ...]
     seed: int
-    test_share: float
 
     @classmethod
-    def generate(cls, people: int, repeats: tuple[int, ...], seed: int, test_share: float = 0.3) -> World:
+    def generate(cls, people: int, repeats: tuple[int, ...], seed: int) -> World:
         rng = random.Random(f"facts:{seed}")
         towns: list[str] = []
         while len(towns) < TOWN_COUNT:
@@ -104,7 +103,7 @@ class World:
                     break
             facts = (("home", rng.choice(towns)), ("job", rng.choice(JOBS)), ("born", str(rng.randint(*YEARS))))
             out.append(Person(f"{rng.choice(FIRST_NAMES)} {surname}", facts, repeats[i % len(repeats)]))
-        return cls(tuple(out), seed, test_share)
+        return cls(tuple(out), seed)
 
     def documents(self) -> list[str]:
         """One entry per mention (a person's three statements in a random order), shuffled."""
@@ -118,12 +117,13 @@ class World:
         rng.shuffle(docs)
         return docs
 
-    def questions(self, split: str | None = None) -> list[Question]:
-        """Every (person, relation) question, in world order; only one split's when `split` is given."""
+    def questions(self, split: str | None = None, test_share: float = 0.3) -> list[Question]:
+        """Every (person, relation) question, in world order; only one split's when `split` is given.
+        `test_share` of the people (by a hash of the name) are held out."""
         rng = random.Random(f"facts:{self.seed}:questions")
         out = []
         for person in self.people:
-            person_split = split_of(person.name, self.test_share)
+            person_split = split_of(person.name, test_share)
             for relation, value in person.facts:
                 statement, cloze, texts, _ = RELATIONS[relation]
                 text = rng.choice(texts).format(name=person.name)
@@ -138,4 +138,4 @@ def world_of(facts_cfg) -> World | None:
     """The recipe's world (data.facts), or None when the recipe mixes no facts into its corpus."""
     if facts_cfg is None or facts_cfg.people == 0:
         return None
-    return World.generate(facts_cfg.people, tuple(facts_cfg.repeats), facts_cfg.seed, facts_cfg.test_share)
+    return World.generate(facts_cfg.people, tuple(facts_cfg.repeats), facts_cfg.seed)
