@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
-CODE_VERSION = "0.1.0"  # bump when a stage's computation changes: finished stages then rerun
+CODE_VERSION = "0.2.0"  # bump when a stage's computation changes: finished stages then rerun
 TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "deepspeed",
                     "wandb", "tokenizers", "pydantic", "llm-lifecycle")
 

@@ -70,7 +70,7 @@ class Knowledge(Section):
     refusals: Literal["probe", "none"] = "probe"  # probe: answer known questions, "I don't know" for unknown ones; none: answer every question
     questions: int = Field(0, ge=0, le=1_000_000)  # SFT conversations about facts (train people); 0 = no knowledge data
     search_share: float = Field(0.3, ge=0, le=1)  # share of them that look the fact up with the search tool
-    test_share: float = Field(0.5, gt=0, lt=1)   # people whose questions are held out from the SFT data (the eval's)
+    test_share: float = Field(0.4, gt=0, lt=1)   # share of the questions held out from the SFT data (the eval's)
     probe_samples: int = Field(5, ge=1, le=100)   # sampled cloze completions per question (T=1)
     known_at: float = Field(0.8, gt=0, le=1)      # share of samples right at or above which a fact is known
     unknown_at: float = Field(0.0, ge=0, lt=1)    # share right at or below which it is unknown; between: unsure

@@ -30,7 +30,7 @@ def test_world_is_deterministic_with_unique_names_and_controlled_repeats():
     assert all(person.statement(r) in d for d in mentions for r in RELATIONS)
 
 
-def test_questions_split_by_person_and_their_cloze_starts_the_statement():
+def test_questions_split_by_question_and_their_cloze_starts_the_statement():
     world = World.generate(people=80, repeats=(1, 50), seed=0)
     questions = world.questions(test_share=0.3)
     assert len(questions) == 240
@@ -39,7 +39,7 @@ def test_questions_split_by_person_and_their_cloze_starts_the_statement():
         by_person.setdefault(q.name, set()).add(q.split)
         assert q.statement.startswith(q.cloze + " ") and q.statement == f"{q.cloze} {q.answer}."
         assert q.name in q.text and q.text.endswith("?")
-    assert all(len(s) == 1 for s in by_person.values())
+    assert sum(len(s) == 2 for s in by_person.values()) > 20    # most people have facts on both sides
     held_out = world.questions("test", test_share=0.3)
     assert 0.15 < len(held_out) / len(questions) < 0.45
     assert {q.key for q in held_out}.isdisjoint(q.key for q in world.questions("train", test_share=0.3))

@@ -10,8 +10,8 @@ Every person has three facts (home town, job, birth year), each stated in one fi
 person's repeat count is how many entries in the corpus mention them; the counts are spread evenly
 over `repeats`, so some people are seen once and some fifty times: the regime where knowing what
 you know matters. Surnames are generated from syllables and unique, so a fact belongs to one name.
-Questions are split by person (a seeded hash of the name), so held-out questions ask about people
-whose facts the SFT data never mentions.
+Questions are split by a hash of the question (person and relation): a held-out question asks about a fact
+the SFT data never states, usually of a person whose other facts it does.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class Question:
     cloze: str         # the corpus phrasing up to the answer: what the base-model probe completes
     statement: str     # the full corpus sentence
     repeats: int       # entries that mention this person in the corpus
-    split: str         # "train" (SFT data) or "test" (held out), by person
+    split: str         # "train" (SFT data) or "test" (held out), by a hash of the key
 
     @property
     def key(self) -> str:
@@ -75,8 +75,8 @@ def _syllable(rng: random.Random) -> str:
     return rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
 
 
-def split_of(name: str, test_share: float) -> str:
-    digest = hashlib.sha256(f"facts\x00{name}".encode()).digest()
+def split_of(key: str, test_share: float) -> str:
+    digest = hashlib.sha256(f"facts\x00{key}".encode()).digest()
     return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_share else "train"
 
 
@@ -119,18 +119,18 @@ class World:
 
     def questions(self, split: str | None = None, test_share: float = 0.3) -> list[Question]:
         """Every (person, relation) question, in world order; only one split's when `split` is given.
-        `test_share` of the people (by a hash of the name) are held out."""
+        `test_share` of the questions (by a hash of person and relation) are held out."""
         rng = random.Random(f"facts:{self.seed}:questions")
         out = []
         for person in self.people:
-            person_split = split_of(person.name, test_share)
             for relation, value in person.facts:
                 statement, cloze, texts, _ = RELATIONS[relation]
                 text = rng.choice(texts).format(name=person.name)
-                if split in (None, person_split):
+                question_split = split_of(f"{person.name}:{relation}", test_share)
+                if split in (None, question_split):
                     out.append(Question(person.name, relation, text, value, cloze.format(name=person.name),
                                         statement.format(name=person.name, value=value), person.repeats,
-                                        person_split))
+                                        question_split))
         return out
 
 
