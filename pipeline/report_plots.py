@@ -239,9 +239,9 @@ def plot_knowledge(rates: dict[str, dict[str, float]], path: Path) -> list[str]:
         ax.bar([i + (j - 1.5) * width for i in range(len(groups))], [r.get(key + tail, 0.0) for _, r, tail in groups],
                width, color=color, label=title)
     ax.set_xticks(range(len(groups)), [g for g, _, _ in groups], fontsize=8)
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.2)
     ax.set_ylabel("share of held-out questions")
     ax.set_title("knowledge: what each model answers, refuses and invents")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", ncol=4)
     _save(fig, path)
     return [f"knowledge: {g.replace(chr(10), ' ')}" for g, _, _ in groups]
