@@ -11,6 +11,7 @@ import torch
 
 from pipeline.cli import main as lifecycle
 from serve.gguf_export import export_gguf, gguf_chat_template, gguf_name, permute, unpermute
+from stages.data.special_tokens import SPECIAL_TOKENS
 from tests.serve_helpers import save, tiny_llama
 
 
@@ -89,7 +90,7 @@ def test_gguf_f32_tensors_and_metadata_match_the_hf_model(tmp_path, untied, tiny
     types = f["tokenizer.ggml.token_type"]
     end = tok.convert_tokens_to_ids("<|end|>")
     assert types[end] == gguf.TokenType.CONTROL and types[tok.convert_tokens_to_ids("a")] == gguf.TokenType.NORMAL
-    assert types[len(tok):] == [gguf.TokenType.UNUSED] * 8 and types.count(gguf.TokenType.CONTROL) == 10
+    assert types[len(tok):] == [gguf.TokenType.UNUSED] * 8 and types.count(gguf.TokenType.CONTROL) == len(SPECIAL_TOKENS)
     merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
     assert f["tokenizer.ggml.merges"] == [" ".join(m) for m in merges]
     assert (f["tokenizer.ggml.bos_token_id"], f["tokenizer.ggml.eos_token_id"], f["tokenizer.ggml.padding_token_id"]) \
