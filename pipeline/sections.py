@@ -71,6 +71,7 @@ class Knowledge(Section):
     questions: int = Field(0, ge=0, le=1_000_000)  # SFT conversations about facts (train people); 0 = no knowledge data
     search_share: float = Field(0.3, ge=0, le=1)  # share of them that look the fact up with the search tool
     test_share: float = Field(0.4, gt=0, lt=1)   # share of the questions held out from the SFT data (the eval's)
+    replay: int = Field(0, ge=0, le=10_000_000)   # corpus fact entries trained as plain text among the SFT rows, against forgetting
     probe_samples: int = Field(5, ge=1, le=100)   # sampled cloze completions per question (T=1)
     known_at: float = Field(0.8, gt=0, le=1)      # share of samples right at or above which a fact is known
     unknown_at: float = Field(0.0, ge=0, lt=1)    # share right at or below which it is unknown; between: unsure

@@ -38,7 +38,7 @@ from pipeline.errors import UserError
 from pipeline.files import write_jsonl
 from stages.data.conversations import SkipReport
 from stages.data.facts import World, world_of
-from stages.data.knowledge import knowledge_conversations
+from stages.data.knowledge import knowledge_conversations, replay_examples
 from stages.data.sft_examples import build_examples, pack, train_families
 from stages.data.sources import iter_split
 from stages.data.tasks import DEFAULT_SYSTEM
@@ -75,6 +75,8 @@ def run(recipe, inputs, ctx) -> dict[str, float]:
     extra = knowledge_conversations(knowledge.questions("train"), knowledge.labels, cfg.knowledge, knowledge.index,
                                     recipe.seed) if knowledge else []
     examples = build_examples(cfg, tokenizer, recipe.seed, families, report, extra)
+    if knowledge and cfg.knowledge.replay:
+        examples += replay_examples(knowledge.world, cfg.knowledge.replay, tokenizer, recipe.seed)
     if main:
         report.write(ctx.out_dir / "data_report.json")
     ctx.log(f"data: {report.summary()} (each skipped row: data_report.json)")

@@ -199,3 +199,15 @@ def test_probe_command_prints_the_split_per_repeat_count_and_refuses_a_recipe_wi
     plain.write_text(f"name: p\ndata: {{source: local, paths: ['{tmp_path / 'book.txt'}']}}\n")
     assert cli_main(["probe", "knowledge", str(tmp_path / "base"), "--recipe", str(plain)]) == 2
     assert "data.facts.people is 0" in capsys.readouterr().err
+
+
+def test_replay_rows_are_corpus_entries_with_the_loss_on_every_token(tiny_tokenizer):
+    from stages.data.knowledge import replay_examples
+    world = World.generate(people=5, repeats=(2,), seed=0)
+    rows = replay_examples(world, 7, tiny_tokenizer, seed=0)
+    assert len(rows) == 7 and rows == replay_examples(world, 7, tiny_tokenizer, seed=0)
+    docs = set(world.documents())
+    for ids, labels in rows:
+        assert ids == labels and ids[0] == tiny_tokenizer.bos_token_id
+        assert tiny_tokenizer.decode(ids[1:]) in docs
+    assert replay_examples(world, 0, tiny_tokenizer, seed=0) == []

@@ -65,3 +65,14 @@ def knowledge_conversations(questions, labels: dict[str, str], cfg, index, seed:
                                                          {"role": "assistant", "content": reply}]))
     return out
 
+
+def replay_examples(world, n: int, tokenizer, seed: int) -> list[tuple[list[int], list[int]]]:
+    """n of the world's corpus entries as (input_ids, labels) with the loss on every token, as in pretraining:
+    SFT rows that keep reading the facts, so fine-tuning does not erase them (the pretraining mix of
+    InstructGPT's PPO-ptx, here in SFT)."""
+    docs = world.documents()
+    rng = random.Random(f"{seed}:sft:replay")
+    picked = [docs[rng.randrange(len(docs))] for _ in range(n)]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = tokenizer(picked, add_special_tokens=False, split_special_tokens=True)["input_ids"] if picked else []
+    return [(bos + x, bos + x) for x in ids]
