@@ -43,10 +43,15 @@ def _answers_all(record) -> bool:
     return (section.get("knowledge") or {}).get("refusals") == "none"
 
 
+def control_stage(stages: dict) -> str | None:
+    """The first stage that ran the knowledge eval after training to answer every question, if any."""
+    return next((n for n in knowledge_stages(stages) if _answers_all(stages[n])), None)
+
+
 def table(run_dir: Path, stages: dict) -> list[list]:
     """One row per stage and mode (from memory / with search): the COLUMNS rates, and answers kept."""
     rates = knowledge_stages(stages)
-    control = next((n for n in rates if _answers_all(stages[n])), None)
+    control = control_stage(stages)
     before = _rows(run_dir, control) if control else []
     out = []
     for name, r in rates.items():
@@ -64,6 +69,6 @@ NOTE = ("Held-out questions about the corpus's made-up people, labelled by a pro
 
 
 def header(stages: dict) -> list[str]:
-    control = next((n for n in knowledge_stages(stages) if _answers_all(stages[n])), None)
+    control = control_stage(stages)
     return (["stage", "mode", "known", "unknown"] + [title for _, title in COLUMNS]
             + [f"known answers kept vs {control}" if control else "known answers kept"])

@@ -28,7 +28,6 @@ from stages.lm.bpe import encode_plain
 from stages.lm.generation import generate
 
 LABELS = ("known", "unknown", "unsure")
-OUTCOMES = ("right", "refused", "wrong", "no_answer")
 
 
 def label(share: float, known_at: float, unknown_at: float) -> str:
@@ -96,4 +95,3 @@ def evaluate_knowledge(model, tokenizer, questions, labels: dict[str, str], *, p
     for lab in LABELS:
         metrics[f"{prefix}/n_{lab}"] = float(sum(labels[q.key] == lab for q in questions))
     return metrics, rows
-
